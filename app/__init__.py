@@ -1,0 +1,1 @@
+"""tokenrelay: the HTTP surface, streams and state."""

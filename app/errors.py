@@ -1,0 +1,170 @@
+"""The error tree: every failure a client can see, with its code, HTTP status and who is at fault.
+
+    ProxyError
+    ├── CallerError                      fault: caller (the request itself is wrong)
+    │   ├── InvalidRequest               400/415/422 invalid_request (names the field)
+    │   ├── ModelNotFound                404 model_not_found
+    │   ├── RouteNotFound                404/405 not_found / method_not_allowed
+    │   └── RequestTooLarge              413 request_too_large
+    ├── PolicyError                      fault: policy (the request is fine, a rule refused it)
+    │   ├── Unauthorized                 401 unauthorized
+    │   ├── Forbidden                    403 forbidden
+    │   └── RateLimited                  429 rate_limited (+ Retry-After)
+    ├── UpstreamError                    fault: upstream; 502 upstream_error
+    │   ├── UpstreamUnavailable          502 upstream_unavailable (refused, reset, 5xx)
+    │   ├── UpstreamTimeout              504 upstream_timeout (connect, first byte, idle gap)
+    │   ├── UpstreamRateLimited          429 upstream_rate_limited (+ Retry-After)
+    │   ├── UpstreamModelNotFound        404 model_not_found (the upstream does not know the model)
+    │   └── UpstreamRejectedRequest      400 invalid_request (the upstream refused the parameters)
+    └── InternalError                    fault: proxy; 500 internal, 503 server_shutdown
+
+Before a stream's 200 is committed an error becomes its HTTP status and a JSON body; after it, an `error`
+frame carrying the same code. Transport exceptions are translated to this tree in one place per HTTP client
+(`providers/http_client.py`), never at the call sites.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+Fault = Literal["caller", "policy", "upstream", "proxy"]
+
+
+class ProxyError(Exception):
+    """Base of every error tokenrelay reports to a client."""
+
+    code: ClassVar[str] = "internal"
+    status: int = 500  # an instance may narrow it (InvalidRequest: 400, 415 or 422)
+    fault: ClassVar[Fault] = "proxy"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the HTTP error response must carry besides its JSON body."""
+        return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class CallerError(ProxyError):
+    fault = "caller"
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidRequest(CallerError):
+    status = 422
+
+    def __init__(self, message: str, *, field: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+class ModelNotFound(CallerError):
+    status = 404
+    code = "model_not_found"
+
+
+class RouteNotFound(CallerError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(CallerError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class RequestTooLarge(CallerError):
+    status = 413
+    code = "request_too_large"
+
+
+class PolicyError(ProxyError):
+    fault = "policy"
+    status = 403
+    code = "forbidden"
+
+
+class Unauthorized(PolicyError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(PolicyError):
+    pass
+
+
+class RateLimited(PolicyError):
+    status = 429
+    code = "rate_limited"
+    retryable = True
+
+
+class UpstreamError(ProxyError):
+    fault = "upstream"
+    status = 502
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    code = "upstream_rate_limited"
+
+
+class UpstreamModelNotFound(UpstreamError):
+    status = 404
+    code = "model_not_found"
+    retryable = False
+
+
+class UpstreamRejectedRequest(UpstreamError):
+    status = 400
+    code = "invalid_request"
+    retryable = False
+
+
+class InternalError(ProxyError):
+    pass
+
+
+class ServerShutdown(InternalError):
+    status = 503
+    code = "server_shutdown"
+    retryable = True
+
+
+class _ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    request_id: str | None = None
+    field: str | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_body(error: ProxyError, request_id: str | None) -> bytes:
+    """The JSON body of an error response: `{"error":{"code","message","request_id"[,"field"]}}`."""
+    field = error.field if isinstance(error, InvalidRequest) else None
+    detail = _ErrorDetail(code=error.code, message=error.message, request_id=request_id, field=field)
+    return _encoder.encode(_ErrorBody(detail))

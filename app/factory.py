@@ -1,0 +1,41 @@
+"""`create_app(settings)`: the one place where the application is assembled."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.di import Provide
+
+from app.chat_service import ChatService
+from app.error_handlers import EXCEPTION_HANDLERS
+from app.routes.chat import chat_stream_get, chat_stream_post
+from app.routes.health import healthz
+from app.settings import Settings, load_settings
+from middleware.correlation import CorrelationIdMiddleware
+from providers.registry import ProviderRegistry
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the application. Nothing here does I/O: pools open on first use and close at shutdown."""
+    providers = ProviderRegistry(settings)
+    chat_service = ChatService(settings, providers)
+
+    def provide_chat_service() -> ChatService:
+        return chat_service
+
+    app = Litestar(
+        route_handlers=[chat_stream_get, chat_stream_post, healthz],
+        dependencies={"chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.limits.max_body_bytes,
+        on_shutdown=[providers.aclose],
+        openapi_config=None,
+        logging_config=None,
+    )
+    # Litestar runs its middleware only on matched routes; wrapping the handler covers 404 and 405 too.
+    app.asgi_handler = CorrelationIdMiddleware(app.asgi_handler)
+    return app
+
+
+def create_app_from_environment() -> Litestar:
+    """The factory uvicorn calls in each worker process (`TOKENRELAY_CONFIG` names the file)."""
+    return create_app(load_settings())

@@ -1,0 +1,232 @@
+"""Settings: `config.yaml` plus the environment, validated once into one frozen object.
+
+This is the only module that reads the environment. `${VAR}` and `${VAR:-default}` in string values are
+expanded from it after YAML parsing (so a secret's characters can never change the document's structure);
+`TOKENRELAY_CONFIG` names the file. Everything else receives a `Settings` through `create_app(settings)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "TOKENRELAY_CONFIG"
+DEFAULT_CONFIG_FILE = Path("config.yaml")
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, line and key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    graceful_shutdown_seconds: float = Field(default=10.0, gt=0)
+
+
+class StreamSettings(_Frozen):
+    ping_interval_seconds: float = Field(default=15.0, gt=0)
+    retry_ms: int = Field(default=3000, ge=0)
+
+
+class LimitSettings(_Frozen):
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
+
+class Timeouts(_Frozen):
+    """Upstream timeouts, in seconds. `read` is the longest idle gap allowed between two body chunks."""
+
+    connect: float = Field(default=5.0, gt=0)
+    first_byte: float = Field(default=60.0, gt=0)
+    read: float = Field(default=120.0, gt=0)
+    pool: float = Field(default=5.0, gt=0)
+
+
+class EchoProviderSettings(_Frozen):
+    type: Literal["echo"]
+    tokens_per_second: float = Field(default=20.0, ge=0, description="0 streams as fast as possible")
+    first_token_delay_ms: float = Field(default=200.0, ge=0)
+
+
+class OpenAIProviderSettings(_Frozen):
+    type: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: SecretStr | None = None
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(default=4096, ge=1)
+    http_client: Literal["aiohttp", "httpx", "httpx-aiohttp"] = "aiohttp"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # `${OPENAI_API_KEY:-}` expands to "" when unset: that means "send no Authorization header".
+        return value if value is not None and value.get_secret_value() else None
+
+
+_PROVIDER_TAGS = ("echo", "openai")
+ProviderSettings = Annotated[EchoProviderSettings | OpenAIProviderSettings, Field(discriminator="type")]
+
+
+class ModelRoute(_Frozen):
+    """A public model name's target: a configured provider and the model name it knows upstream."""
+
+    provider: str
+    model: str
+
+
+def _default_providers() -> dict[str, ProviderSettings]:
+    return {"echo": EchoProviderSettings(type="echo")}
+
+
+def _default_models() -> dict[str, ModelRoute]:
+    return {"echo": ModelRoute(provider="echo", model="echo")}
+
+
+class Settings(_Frozen):
+    """The whole configuration. Its defaults alone run the proxy: the echo provider, in-process state."""
+
+    server: ServerSettings = ServerSettings()
+    stream: StreamSettings = StreamSettings()
+    limits: LimitSettings = LimitSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=_default_providers)
+    models: dict[str, ModelRoute] = Field(default_factory=_default_models)
+    default_model: str = "echo"
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not a key of models")
+        for name, route in self.models.items():
+            if route.provider not in self.providers:
+                raise ValueError(f"models.{name}.provider {route.provider!r} is not a key of providers")
+        return self
+
+
+def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from `path`, else `$TOKENRELAY_CONFIG`, else `./config.yaml`, else the embedded defaults."""
+    env = os.environ if environ is None else environ
+    chosen = Path(path) if path is not None else _config_path_from(env)
+    if chosen is None:
+        return Settings()
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read the configuration file: {exc.strerror}") from exc
+    return parse_settings(text, env, source=str(chosen))
+
+
+def _config_path_from(env: Mapping[str, str]) -> Path | None:
+    named = env.get(CONFIG_ENV)
+    if named:
+        return Path(named)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def parse_settings(text: str, environ: Mapping[str, str], *, source: str = "config.yaml") -> Settings:
+    """Parse YAML text into `Settings`; every error names `source`, the line and the dotted key."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    lines: dict[tuple[str | int, ...], int] = {}
+    if root is not None:
+        _record_lines(root, (), lines)
+    raw: Any = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    expanded = _expand(raw, (), environ, lines, source)
+    try:
+        return Settings.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, lines, source)) from None
+
+
+def _record_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*path, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _record_lines(value_node, key, out)
+            out[key] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, (*path, index), out)
+
+
+def _expand(
+    value: Any,
+    path: tuple[str | int, ...],
+    environ: Mapping[str, str],
+    lines: Mapping[tuple[str | int, ...], int],
+    source: str,
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, (*path, str(k)), environ, lines, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, (*path, i), environ, lines, source) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{_where(path, lines, source)}: {_dotted(path)} needs the environment variable {name}, "
+            f"which is not set (write ${{{name}:-default}} to make it optional)"
+        )
+
+    return _VAR.sub(substitute, value)
+
+
+def _describe(exc: ValidationError, lines: Mapping[tuple[str | int, ...], int], source: str) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = _config_path(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{_where(loc, lines, source)}: {_dotted(loc) or '(top level)'}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(problems)
+
+
+def _config_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    # Pydantic puts the provider's `type` tag into the path of a tagged union: providers.<name>.<tag>.<field>.
+    if len(loc) >= 3 and loc[0] == "providers" and loc[2] in _PROVIDER_TAGS:
+        return (*loc[:2], *loc[3:])
+    return loc
+
+
+def _where(path: tuple[str | int, ...], lines: Mapping[tuple[str | int, ...], int], source: str) -> str:
+    for end in range(len(path), -1, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return f"{source}:{line}"
+    return source
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path)

@@ -1,0 +1,1 @@
+"""Cross-cutting policy applied to every request, streams included."""

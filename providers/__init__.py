@@ -1,0 +1,1 @@
+"""Upstream providers: each translates one upstream API into `Delta`s, and nothing more."""

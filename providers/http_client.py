@@ -1,0 +1,58 @@
+"""The narrow HTTP interface providers use upstream, so the client library is a choice, not a dependency.
+
+`post()` is an async context manager: entering it sends the request and waits for the response headers (bounded
+by `connect + pool` and `first_byte`); leaving it closes the response, returning the connection to the pool only
+when the body was read to the end. Each implementation translates its library's exceptions to `app.errors` in one
+function, so providers never see a transport exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+HttpClientKind = Literal["aiohttp", "httpx", "httpx-aiohttp"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    connect: float
+    first_byte: float
+    read: float
+    pool: float
+
+
+class UpstreamResponse(Protocol):
+    @property
+    def status(self) -> int: ...
+
+    def header(self, name: str) -> str | None: ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; an idle gap longer than `read` raises `UpstreamTimeout`."""
+        ...
+
+    async def read(self, limit: int) -> bytes:
+        """At most `limit` bytes of the body (for error responses)."""
+        ...
+
+
+class HttpClient(Protocol):
+    def post(
+        self, url: str, *, headers: Mapping[str, str], body: bytes, timeouts: UpstreamTimeouts
+    ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def build_http_client(kind: HttpClientKind, *, max_connections: int) -> HttpClient:
+    """One pooled client; the caller owns it and closes it with `aclose()`."""
+    if kind == "aiohttp":
+        from providers.aiohttp_client import AiohttpClient
+
+        return AiohttpClient(max_connections=max_connections)
+    from providers.httpx_client import HttpxClient
+
+    return HttpxClient(max_connections=max_connections, via_aiohttp=kind == "httpx-aiohttp")

@@ -1,0 +1,77 @@
+"""An incremental decoder for upstream Server-Sent Event streams (WHATWG section 9.2.6 parsing).
+
+It takes the body as it arrives, in chunks cut anywhere: inside a line, between the CR and LF of a CRLF, or
+inside a multi-byte UTF-8 character. Bytes are split into lines first and decoded per whole line, so a character
+split across chunks is never decoded in halves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    event: str
+    data: str
+    id: str | None = None
+
+
+class SSEDecoder:
+    """Feed body chunks, get the events they complete. Comments and `retry:` are consumed and ignored."""
+
+    __slots__ = ("_data", "_event", "_id", "_pending", "_skip_lf")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._skip_lf = False
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = False
+        if not chunk:
+            return []
+        buffer = self._pending + chunk if self._pending else chunk
+        lines = buffer.splitlines(keepends=True)
+        last = lines[-1]
+        if last.endswith((b"\n", b"\r")):
+            self._pending = b""
+            # A chunk that ends in CR may be the first half of a CRLF.
+            self._skip_lf = last.endswith(b"\r")
+        else:
+            self._pending = lines.pop()
+        events: list[ServerSentEvent] = []
+        for raw in lines:
+            event = self._line(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> ServerSentEvent | None:
+        if not line:
+            return self._dispatch()
+        if line[0] == ":":
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\x00" not in value:
+            self._id = value
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = ServerSentEvent(event=self._event or "message", data="\n".join(self._data), id=self._id)
+        self._data = []
+        self._event = ""
+        return event
