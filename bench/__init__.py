@@ -1,0 +1,1 @@
+"""Benchmark harness and the fake upstream it shares with the tests."""

@@ -1,0 +1,1 @@
+"""Test helpers: a WHATWG-exact SSE parser, servers on loopback, log capture."""

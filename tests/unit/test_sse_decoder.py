@@ -1,0 +1,55 @@
+"""The upstream SSE decoder on bodies cut anywhere."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from providers.sse_decoder import ServerSentEvent, SSEDecoder
+
+BODY = (
+    ": comment\r\n"
+    "event: message_start\r\ndata: {\"a\":1}\r\n\r\n"
+    "data: line1\ndata: line2\n\n"
+    "id: 7\rdata: caf\u00e9 \U0001f600 \u4e2d\r\r"
+    "retry: 10\n\n"
+    "data: [DONE]\n\n"
+).encode()
+
+EXPECTED = [
+    ServerSentEvent("message_start", '{"a":1}'),
+    ServerSentEvent("message", "line1\nline2"),
+    ServerSentEvent("message", "caf\u00e9 \U0001f600 \u4e2d", "7"),
+    ServerSentEvent("message", "[DONE]", "7"),
+]
+
+
+def decode(chunks: list[bytes]) -> list[ServerSentEvent]:
+    decoder = SSEDecoder()
+    return [event for chunk in chunks for event in decoder.feed(chunk)]
+
+
+def test_whole_body() -> None:
+    assert decode([BODY]) == EXPECTED
+
+
+def test_byte_by_byte_splits_crlf_and_utf8() -> None:
+    assert decode([BODY[i : i + 1] for i in range(len(BODY))]) == EXPECTED
+
+
+def test_crlf_split_across_chunks_is_one_line_break() -> None:
+    assert decode([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]) == [ServerSentEvent("message", "a\nb")]
+
+
+def test_utf8_character_split_across_chunks() -> None:
+    emoji = "\U0001f600".encode()
+    assert decode([b"data: " + emoji[:1], emoji[1:3], emoji[3:] + b"\n\n"]) == [
+        ServerSentEvent("message", "\U0001f600")
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(BODY)), max_size=12))
+def test_any_cut_points(cuts: list[int]) -> None:
+    points = [0, *sorted(set(cuts)), len(BODY)]
+    assert decode([BODY[a:b] for a, b in zip(points, points[1:], strict=False)]) == EXPECTED
