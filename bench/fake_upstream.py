@@ -35,6 +35,7 @@ class RequestRecord:
     body: dict[str, object]
     started: float = field(default_factory=time.monotonic)
     closed_at: float | None = None
+    finished_at: float | None = None
     closed: threading.Event = field(default_factory=threading.Event)
     # Set when a write to the client waited over 50 ms: the client (the proxy) has stopped reading.
     backpressured: threading.Event = field(default_factory=threading.Event)
@@ -101,6 +102,7 @@ class FakeUpstream:
     def __init__(self, transcripts: dict[str, bytes] | None = None) -> None:
         self.transcripts = transcripts or {}
         self.records: list[RequestRecord] = []
+        self._arrivals = threading.Condition()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -112,6 +114,13 @@ class FakeUpstream:
 
     def records_for(self, model: str) -> list[RequestRecord]:
         return [r for r in self.records if r.model == model]
+
+    def wait_for_request(self, model: str, timeout: float = 5.0) -> RequestRecord:
+        """Block until a request for `model` has arrived (call it from a worker thread in async tests)."""
+        with self._arrivals:
+            if not self._arrivals.wait_for(lambda: self.records_for(model), timeout):
+                raise TimeoutError(f"no upstream request for {model!r} within {timeout} s")
+            return self.records_for(model)[-1]
 
     async def serve(self, port: int = 0) -> asyncio.Server:
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", port, backlog=4096)
@@ -140,6 +149,8 @@ class FakeUpstream:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
+        if self._loop is not None:
+            self._loop.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         record: RequestRecord | None = None
@@ -158,7 +169,9 @@ class FakeUpstream:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 payload = json.loads(body) if body else {}
                 record = RequestRecord(model=str(payload.get("model", "")), headers=headers, body=payload)
-                self.records.append(record)
+                with self._arrivals:
+                    self.records.append(record)
+                    self._arrivals.notify_all()
                 try:
                     keep_alive = await self._respond(record, reader, writer)
                 except ConnectionError:
@@ -229,6 +242,7 @@ class FakeUpstream:
             return False
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+        record.finished_at = time.monotonic()
         return name != "cutoff"
 
 

@@ -132,18 +132,26 @@ async def _deltas(response: UpstreamResponse) -> AsyncIterator[Delta]:
     finished = False
     async for raw in response.chunks():
         pending: list[Delta] = []
+        failure: UpstreamError | None = None
         done = False
         for event in decoder.feed(raw):
             if event.data == "[DONE]":
                 done = True
                 break
-            if event.event == "error":
-                raise UpstreamError(f"the upstream reported an error: {_error_message(event.data)}")
-            for delta in _chunk_deltas(event.data):
+            try:
+                if event.event == "error":
+                    raise UpstreamError(f"the upstream reported an error: {_error_message(event.data)}")
+                deltas = _chunk_deltas(event.data)
+            except UpstreamError as error:
+                failure = error  # relay what came before it first
+                break
+            for delta in deltas:
                 finished = finished or delta.finish_reason is not None
                 _append_merged(pending, delta)
         for delta in pending:
             yield delta
+        if failure is not None:
+            raise failure
         if done:
             if not finished:
                 yield Delta(finish_reason="stop")

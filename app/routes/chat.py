@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, get, post
+from litestar.di import NamedDependency
 from litestar.types import ASGIApp
 
 from app.chat_input import parse_json_body, parse_query
@@ -11,12 +12,12 @@ from app.request_context import request_id_of
 
 
 @get("/chat/stream")
-async def chat_stream_get(request: Request[None, None, None], chat_service: ChatService) -> ASGIApp:
+async def chat_stream_get(request: Request[None, None, None], chat_service: NamedDependency[ChatService]) -> ASGIApp:
     chat = parse_query(request.query_params)
     return chat_service.open_sse(chat, request_id_of(request.scope))
 
 
 @post("/chat/stream", status_code=200)
-async def chat_stream_post(request: Request[None, None, None], chat_service: ChatService) -> ASGIApp:
+async def chat_stream_post(request: Request[None, None, None], chat_service: NamedDependency[ChatService]) -> ASGIApp:
     chat = parse_json_body(await request.body(), request.headers.get("content-type"))
     return chat_service.open_sse(chat, request_id_of(request.scope))

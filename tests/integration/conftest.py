@@ -1,0 +1,27 @@
+"""Fixtures for tests over real HTTP: the fake upstream, the proxy, log capture."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.fake_upstream import FakeUpstream
+from tests.support.logs import RecordCollector, collect_logs
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    transcripts = {p.stem: p.read_bytes() for p in (FIXTURES / "openai").glob("*.sse")}
+    fake = FakeUpstream(transcripts).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def logs() -> Iterator[RecordCollector]:
+    with collect_logs() as collector:
+        yield collector

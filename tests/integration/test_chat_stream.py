@@ -1,0 +1,242 @@
+"""`/chat/stream` over real HTTP against the fake OpenAI upstream: frames, phases, headers."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx
+import pytest
+
+from app.settings import Timeouts
+from bench.fake_upstream import FakeUpstream
+from tests.support.client import assert_well_formed, get_stream, post_stream
+from tests.support.servers import proxy_settings, running_proxy
+from tests.support.whatwg_sse import WhatwgParser
+
+pytestmark = pytest.mark.anyio
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+async def test_echo_get_and_post_stream_a_deterministic_reply() -> None:
+    with running_proxy(proxy_settings()) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            got = await get_stream(client, base, {"prompt": "héllo wörld 😀 中文"})
+            posted = await post_stream(client, base, {"messages": [{"role": "user", "content": "a b"}]})
+    assert got.status == 200
+    assert_well_formed(got)
+    assert got.text() == "Echo: héllo wörld 😀 中文"
+    assert got.data(-1)["finish_reason"] == "stop"
+    assert posted.text() == "Echo: a b"
+    assert posted.data(0)["model"] == "echo"
+    assert posted.data(0)["provider"] == "echo"
+
+
+async def test_first_token_arrives_before_the_upstream_finishes(upstream: FakeUpstream) -> None:
+    model = "gen?n=5&gap_ms=200"
+    with running_proxy(proxy_settings(upstream, model)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            body = {"model": model, "messages": USER}
+            async with client.stream("POST", f"{base}/chat/stream", json=body) as response:
+                parser = WhatwgParser()
+                async for chunk in response.aiter_raw():
+                    if any(e.type == "token" for e in parser.feed(chunk)):
+                        break
+                record = upstream.records_for(model)[-1]
+                assert record.finished_at is None, "the whole answer was buffered before the first token"
+
+
+@pytest.mark.parametrize(
+    ("transcript", "kinds", "check"),
+    [
+        ("text", ["start", *["token"] * 14, "done"], "text"),
+        ("reasoning", ["start", "reasoning", "reasoning", "reasoning", "token", "token", "done"], "reasoning"),
+        ("tool_calls", ["start", *["tool_call"] * 8, "done"], "tools"),
+    ],
+)
+async def test_recorded_transcripts_become_frames(
+    upstream: FakeUpstream, transcript: str, kinds: list[str], check: str
+) -> None:
+    model = f"{transcript}?gap_ms=2"  # a gap per event, so no two events share a read and merge
+    with running_proxy(proxy_settings(upstream, model)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            result = await post_stream(client, base, {"model": model, "messages": USER})
+    assert result.status == 200
+    assert_well_formed(result)
+    assert result.kinds == kinds
+    done = result.data(-1)
+    assert done["usage_source"] == "provider"
+    if check == "text":
+        assert result.text() == "Hello! How can I help you today? 😀 中文\n\nline\r\nbreak"
+        assert done == {
+            "finish_reason": "stop",
+            "usage": {"prompt_tokens": 9, "completion_tokens": 14, "total_tokens": 23},
+            "usage_source": "provider",
+        }
+    elif check == "reasoning":
+        reasoning = "".join(json.loads(e.data)["text"] for e in result.events if e.type == "reasoning")
+        assert reasoning == "Let me think."
+        assert result.text() == "The answer is 4."
+    else:
+        calls: dict[int, dict[str, str]] = {}
+        for event in result.events:
+            if event.type == "tool_call":
+                part = json.loads(event.data)
+                call = calls.setdefault(part["index"], {"id": "", "name": "", "arguments": ""})
+                call["id"] += part["id"] or ""
+                call["name"] += part["name"] or ""
+                call["arguments"] += part["arguments"]
+        assert calls == {
+            0: {"id": "call_abc123", "name": "get_weather", "arguments": '{"location": "Paris"}'},
+            1: {"id": "call_def456", "name": "get_time", "arguments": '{"tz": "CET"}'},
+        }
+        assert json.loads(calls[0]["arguments"]) == {"location": "Paris"}
+        assert done["finish_reason"] == "tool_calls"
+
+
+async def test_tokens_read_together_are_merged_into_fewer_frames(upstream: FakeUpstream) -> None:
+    with running_proxy(proxy_settings(upstream, "text")) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            result = await post_stream(client, base, {"model": "text", "messages": USER})
+    assert_well_formed(result)
+    assert result.text() == "Hello! How can I help you today? 😀 中文\n\nline\r\nbreak"
+
+
+async def test_upstream_request_asks_for_usage_and_carries_the_request_id(upstream: FakeUpstream) -> None:
+    model = "gen?n=2"
+    with running_proxy(proxy_settings(upstream, model)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            body = {"model": model, "messages": USER, "max_tokens": 5, "temperature": 0.5, "stop": ["x"]}
+            headers = {"X-Request-ID": "trace-123"}
+            async with client.stream("POST", f"{base}/chat/stream", json=body, headers=headers) as response:
+                await response.aread()
+    record = upstream.records_for(model)[-1]
+    assert record.body["stream_options"] == {"include_usage": True}
+    assert record.body["stream"] is True
+    assert record.body["max_tokens"] == 5
+    assert record.body["stop"] == ["x"]
+    assert record.headers["x-request-id"] == "trace-123"
+    assert record.headers["authorization"] == "Bearer sk-test-key"
+    assert response.headers["x-request-id"] == "trace-123"
+
+
+async def test_stream_headers(upstream: FakeUpstream) -> None:
+    with running_proxy(proxy_settings()) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            headers = {"Accept-Encoding": "gzip, br"}
+            async with client.stream("GET", f"{base}/chat/stream?prompt=x", headers=headers) as response:
+                await response.aread()
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache, no-transform"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert len(response.headers["x-request-id"]) >= 16
+    assert "connection" not in response.headers
+    assert "content-encoding" not in response.headers
+    assert "content-length" not in response.headers
+
+
+async def test_pings_cover_the_wait_for_the_first_token(upstream: FakeUpstream) -> None:
+    model = "gen?n=2&first_ms=1000"
+    with running_proxy(proxy_settings(upstream, model, ping_interval=0.2)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            result = await post_stream(client, base, {"model": model, "messages": USER})
+    assert_well_formed(result)
+    assert result.text() == " t0 t1"
+    start_at = result.body.index(b"event: start")
+    first_token_at = result.body.index(b"event: token")
+    pings_before_first_token = result.body[start_at:first_token_at].count(b": ping\n\n")
+    assert 3 <= pings_before_first_token <= 6
+    assert result.parsed.comments.count("ping") == pings_before_first_token
+
+
+async def test_no_ping_while_tokens_flow(upstream: FakeUpstream) -> None:
+    model = "gen?n=20&gap_ms=20"
+    with running_proxy(proxy_settings(upstream, model, ping_interval=0.2)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            result = await post_stream(client, base, {"model": model, "messages": USER})
+    assert_well_formed(result)
+    assert result.parsed.comments == []
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "code"),
+    [
+        ("status?code=401", 502, "upstream_error"),
+        ("status?code=403", 502, "upstream_error"),
+        ("status?code=404", 404, "model_not_found"),
+        ("status?code=400", 400, "invalid_request"),
+        ("status?code=500", 502, "upstream_unavailable"),
+        ("status?code=503", 502, "upstream_unavailable"),
+        ("status?code=429&retry_after=7", 429, "upstream_rate_limited"),
+    ],
+)
+async def test_upstream_status_before_the_stream_is_an_http_error(
+    upstream: FakeUpstream, model: str, status: int, code: str
+) -> None:
+    with running_proxy(proxy_settings(upstream, model)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{base}/chat/stream", json={"model": model, "messages": USER})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert "fake upstream error" in error["message"]
+    if status == 429:
+        assert response.headers["retry-after"] == "7"
+
+
+async def test_refused_connection_is_502() -> None:
+    with anyio.CancelScope():
+        closed = _closed_port()
+    settings = proxy_settings(None, "any", base_url=f"http://127.0.0.1:{closed}/v1")
+    with running_proxy(settings) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{base}/chat/stream", json={"model": "any", "messages": USER})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+
+
+async def test_no_response_headers_within_first_byte_timeout_is_504(upstream: FakeUpstream) -> None:
+    model = "slow_headers?delay_ms=3000"
+    timeouts = Timeouts(connect=1, first_byte=0.3, read=5, pool=1)
+    with running_proxy(proxy_settings(upstream, model, timeouts=timeouts)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{base}/chat/stream", json={"model": model, "messages": USER})
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    ("model", "code", "tokens_before"),
+    [
+        ("error_chunk", "upstream_error", "Partial answer"),
+        ("cutoff?n=3&mode=clean", "upstream_error", " t0 t1 t2"),
+        ("cutoff?n=3&mode=abrupt", "upstream_error", " t0 t1 t2"),
+        ("stall?n=3", "upstream_timeout", " t0 t1 t2"),
+    ],
+)
+async def test_failures_after_the_first_token_end_with_an_error_frame(
+    upstream: FakeUpstream, model: str, code: str, tokens_before: str
+) -> None:
+    timeouts = Timeouts(connect=1, first_byte=2, read=0.3, pool=1)
+    with running_proxy(proxy_settings(upstream, model, timeouts=timeouts)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            result = await post_stream(client, base, {"model": model, "messages": USER})
+    assert result.status == 200
+    assert_well_formed(result)
+    assert result.kinds[-1] == "error"
+    error = result.data(-1)
+    assert error["code"] == code
+    assert error["retryable"] is True
+    assert error["request_id"] == result.headers["x-request-id"]
+    assert result.text() == tokens_before
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,82 @@
+"""Real servers on loopback: the proxy under uvicorn (uvloop + httptools, as in production) in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from app.factory import create_app
+from app.settings import (
+    EchoProviderSettings,
+    ModelRoute,
+    OpenAIProviderSettings,
+    ProviderSettings,
+    Settings,
+    StreamSettings,
+    Timeouts,
+)
+from bench.fake_upstream import FakeUpstream
+
+
+def proxy_settings(
+    upstream: FakeUpstream | None = None,
+    *models: str,
+    base_url: str | None = None,
+    ping_interval: float = 15.0,
+    timeouts: Timeouts | None = None,
+    max_body_bytes: int = 1024 * 1024,
+) -> Settings:
+    """Settings whose public model names are the fake upstream's scenario names (see bench/fake_upstream.py)."""
+    providers: dict[str, ProviderSettings] = {
+        "echo": EchoProviderSettings(type="echo", tokens_per_second=0, first_token_delay_ms=0)
+    }
+    routes = {"echo": ModelRoute(provider="echo", model="echo")}
+    if upstream is not None or base_url is not None:
+        url = base_url or (upstream.base_url if upstream else "")
+        providers["fake"] = OpenAIProviderSettings.model_validate(
+            {"type": "openai", "base_url": url, "api_key": "sk-test-key", "timeouts": timeouts or Timeouts()}
+        )
+        routes |= {m: ModelRoute(provider="fake", model=m) for m in models}
+    return Settings.model_validate(
+        {
+            "providers": providers,
+            "models": routes,
+            "default_model": "echo",
+            "stream": StreamSettings(ping_interval_seconds=ping_interval),
+            "limits": {"max_body_bytes": max_body_bytes},
+        }
+    )
+
+
+@contextmanager
+def running_proxy(settings: Settings) -> Iterator[str]:
+    """Serve `create_app(settings)` on a free port; yields the base URL. Stops (and drains) on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    # Listening before uvicorn starts: early connections wait in the backlog, so no readiness polling is needed.
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings),
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        if thread.is_alive():
+            raise RuntimeError("the proxy did not shut down within 10 s")
