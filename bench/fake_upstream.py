@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -74,14 +76,18 @@ def usage_chunk(model: str, prompt_tokens: int, completion_tokens: int) -> bytes
 DONE = b"data: [DONE]\n\n"
 
 
-def generated_stream(model: str, n: int) -> list[bytes]:
-    """The events of an `n`-token answer: role chunk, tokens, finish, usage, [DONE]."""
-    events = [content_chunk(model, {"role": "assistant", "content": "", "refusal": None})]
-    events += [content_chunk(model, {"content": f" t{i}"}) for i in range(n)]
-    events.append(content_chunk(model, {}, "stop"))
-    events.append(usage_chunk(model, 7, n))
-    events.append(DONE)
-    return events
+def generated_stream(model: str, n: int, pad: int = 0) -> Iterator[bytes]:
+    """The events of an `n`-token answer, made lazily: role chunk, tokens, finish, usage, [DONE].
+
+    Token i is `" t<i>"` followed by `pad` "x" characters (large tokens fill buffers fast).
+    """
+    yield content_chunk(model, {"role": "assistant", "content": "", "refusal": None})
+    filler = "x" * pad
+    for i in range(n):
+        yield content_chunk(model, {"content": f" t{i}{filler}"})
+    yield content_chunk(model, {}, "stop")
+    yield usage_chunk(model, 7, n)
+    yield DONE
 
 
 def _chunked(data: bytes) -> bytes:
@@ -209,15 +215,16 @@ class FakeUpstream:
             if reader.at_eof():
                 return False
             name, params = "gen", {"n": "2"}
-        events: list[bytes]
+        events: Iterable[bytes]
         gap = float(params.get("gap_ms", "0")) / 1000
         first = float(params.get("first_ms", "0")) / 1000
         if name in self.transcripts:
             events = [e + b"\n\n" for e in self.transcripts[name].split(b"\n\n") if e.strip()]
         elif name == "gen":
-            events = generated_stream(model, int(params.get("n", "8")))
+            events = generated_stream(model, int(params.get("n", "8")), int(params.get("pad", "0")))
         elif name in ("cutoff", "stall"):
-            events = generated_stream(model, int(params.get("n", "3")))[: 1 + int(params.get("n", "3"))]
+            n = int(params.get("n", "3"))
+            events = itertools.islice(generated_stream(model, n), 1 + n)
         else:
             events = generated_stream(model, 4)
         writer.write(_SSE_HEAD)
