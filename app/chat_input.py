@@ -65,8 +65,9 @@ def parse_json_body(body: bytes, content_type: str | None) -> ChatInput:
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         # Requiring JSON also keeps cross-site HTML forms (which cannot send it without CORS) from starting streams.
-        raise InvalidRequest("the body must be JSON sent as `Content-Type: application/json`",
-                             field="content-type", status=415)
+        raise InvalidRequest(
+            "the body must be JSON sent as `Content-Type: application/json`", field="content-type", status=415
+        )
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:

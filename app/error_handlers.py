@@ -7,6 +7,7 @@ After a stream's response has started no handler can run (Litestar would try to 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
@@ -34,7 +35,7 @@ from app.request_context import request_id_of
 logger = logging.getLogger("tokenrelay.errors")
 
 
-def _respond(request: Request[None, None, None], error: ProxyError) -> Response[bytes]:
+def _respond(request: Request[Any, Any, Any], error: ProxyError) -> Response[bytes]:
     return Response(
         content=error_body(error, request_id_of(request.scope)),
         status_code=error.status,
@@ -43,11 +44,11 @@ def _respond(request: Request[None, None, None], error: ProxyError) -> Response[
     )
 
 
-def _proxy_error(request: Request[None, None, None], exc: ProxyError) -> Response[bytes]:
+def _proxy_error(request: Request[Any, Any, Any], exc: ProxyError) -> Response[bytes]:
     return _respond(request, exc)
 
 
-def _http_exception(request: Request[None, None, None], exc: HTTPException) -> Response[bytes]:
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     error: ProxyError
     if isinstance(exc, NotFoundException):
         error = RouteNotFound(f"no route for {request.method} {request.url.path}")
@@ -70,7 +71,7 @@ def _http_exception(request: Request[None, None, None], exc: HTTPException) -> R
     return response
 
 
-def _unexpected(request: Request[None, None, None], exc: Exception) -> Response[bytes]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _respond(request, InternalError("tokenrelay failed to handle the request"))
 

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_ENV = "TOKENRELAY_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.yaml")
@@ -34,7 +42,7 @@ class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
-    graceful_shutdown_seconds: float = Field(default=10.0, gt=0)
+    graceful_shutdown_seconds: int = Field(default=10, ge=1)
 
 
 class StreamSettings(_Frozen):
@@ -205,10 +213,7 @@ def _describe(exc: ValidationError, lines: Mapping[tuple[str | int, ...], int], 
     problems = []
     for error in exc.errors():
         loc = _config_path(error["loc"])
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
         problems.append(f"{_where(loc, lines, source)}: {_dotted(loc) or '(top level)'}: {message}")
     return "invalid configuration:\n  " + "\n  ".join(problems)
 

@@ -47,11 +47,12 @@ def _check_field(name: str, value: str) -> None:
         raise ValueError(f"an SSE {name} must not contain CR, LF or NUL: {value!r}")
 
 
-
 def encode_json_event(event: str, data: bytes, *, id: str, retry_ms: int | None = None) -> bytes:
     """The hot-path form of `encode_event` for compact JSON data, which never holds a raw CR or LF."""
-    head = f"retry: {retry_ms}\nid: {id}\nevent: {event}\ndata: " if retry_ms is not None else (
-        f"id: {id}\nevent: {event}\ndata: "
+    head = (
+        f"retry: {retry_ms}\nid: {id}\nevent: {event}\ndata: "
+        if retry_ms is not None
+        else (f"id: {id}\nevent: {event}\ndata: ")
     )
     return head.encode() + data + b"\n\n"
 

@@ -39,6 +39,8 @@ from providers.registry import Route
 
 logger = logging.getLogger("tokenrelay.stream")
 
+YIELD_AFTER_SECONDS = 0.005
+
 
 class FrameTransport(Protocol):
     headers: tuple[tuple[bytes, bytes], ...]
@@ -67,11 +69,12 @@ class StreamRun:
         self._transport = transport
         self._ping_interval = ping_interval
         self._prompt_estimate = prompt_estimate
-        self._send: Send | None = None
+        self._send: Send = _not_started
         self._seq = 0
         self._committed = False
         self._ended = False
         self._last_write = 0.0
+        self._last_yield = 0.0
         self._completion_chars = 0
         self._outcome = "disconnected"
         self._started = time.monotonic()
@@ -84,8 +87,9 @@ class StreamRun:
                 await self._serve(tasks)
                 tasks.cancel_scope.cancel()
         finally:
+            # Shielded: after a disconnect every await here would be cancelled again, and cleanup must finish.
             with anyio.CancelScope(shield=True):
-                self._finish()
+                await self._finish()
 
     async def _serve(self, tasks: TaskGroup) -> None:
         try:
@@ -110,10 +114,7 @@ class StreamRun:
         await self._write(terminal, more=False)
 
     async def _commit(self) -> None:
-        assert self._send is not None
-        await self._send(
-            {"type": "http.response.start", "status": 200, "headers": list(self._transport.headers)}
-        )
+        await self._send({"type": "http.response.start", "status": 200, "headers": list(self._transport.headers)})
         self._committed = True
         start = StartFrame(
             id=self.stream_id,
@@ -154,17 +155,21 @@ class StreamRun:
         return DoneFrame(finish_reason=finish_reason, usage=total, usage_source="provider")
 
     async def _write(self, frame: Frame, *, more: bool = True) -> None:
-        assert self._send is not None
         body = self._transport.encode(frame, f"{self.stream_id}.{self._seq}", self._seq)
         self._seq += 1
-        self._last_write = time.monotonic()
+        now = self._last_write = time.monotonic()
         await self._send({"type": "http.response.body", "body": body, "more_body": more})
+        if now - self._last_yield > YIELD_AFTER_SECONDS:
+            # Neither a buffered upstream read nor a send to a departed client suspends, so a fast stream
+            # could run on without giving the loop a turn: other streams would starve, and the disconnect
+            # watcher could not stop this one until the upstream's buffers ran dry.
+            self._last_yield = now
+            await anyio.lowlevel.checkpoint()
 
     async def _keep_alive(self) -> None:
         # One timer per idle interval, not one per token: wake when the interval since the last write is up.
-        assert self._send is not None
         while True:
-            await anyio.sleep(self._last_write + self._ping_interval - time.monotonic())
+            await anyio.sleep(max(0.0, self._last_write + self._ping_interval - time.monotonic()))
             if self._ended:
                 return
             if time.monotonic() - self._last_write >= self._ping_interval:
@@ -172,7 +177,6 @@ class StreamRun:
                 await self._send({"type": "http.response.body", "body": self._transport.keepalive, "more_body": True})
 
     async def _refuse(self, error: ProxyError) -> None:
-        assert self._send is not None
         self._outcome = error.code
         headers = [(b"content-type", b"application/json")]
         headers += [(k.encode(), v.encode()) for k, v in error.response_headers().items()]
@@ -182,10 +186,13 @@ class StreamRun:
 
     def _error_frame(self, error: ProxyError) -> ErrorFrame:
         return ErrorFrame(
-            code=error.code, message=error.message, retryable=error.retryable, request_id=self._request.request_id
+            code=error.code,
+            message=error.message,
+            retryable=error.retryable,
+            request_id=self._request.request_id,
         )
 
-    def _finish(self) -> None:
+    async def _finish(self) -> None:
         self._ended = True
         logger.info(
             "stream end id=%s request_id=%s model=%s provider=%s outcome=%s frames=%d seconds=%.3f",
@@ -197,6 +204,10 @@ class StreamRun:
             self._seq,
             time.monotonic() - self._started,
         )
+
+
+async def _not_started(message: object) -> None:
+    raise RuntimeError("StreamRun sends only while it is being served")
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -98,8 +98,16 @@ _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
     b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 class FakeUpstream:
@@ -113,6 +121,7 @@ class FakeUpstream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def base_url(self) -> str:
@@ -150,16 +159,24 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
         if self._loop is not None:
             self._loop.close()
 
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await asyncio.sleep(0)
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         record: RequestRecord | None = None
+        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -187,15 +204,14 @@ class FakeUpstream:
                 record.closed_at = None
                 record = None
         finally:
+            self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
             if record is not None:
                 record.closed_at = time.monotonic()
                 record.closed.set()
 
-    async def _respond(
-        self, record: RequestRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
+    async def _respond(self, record: RequestRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         name, _, query = record.model.partition("?")
         params = dict(parse_qsl(query))
         model = "fake-model"
@@ -206,7 +222,8 @@ class FakeUpstream:
             extra = f"retry-after: {params['retry_after']}\r\n" if "retry_after" in params else ""
             writer.write(
                 f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\ncontent-type: application/json\r\n{extra}"
-                f"content-length: {len(body)}\r\n\r\n".encode() + body
+                f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
             )
             await writer.drain()
             return True

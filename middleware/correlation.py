@@ -11,6 +11,7 @@ import re
 import uuid
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.request_context import REQUEST_ID, set_request_id
@@ -25,7 +26,7 @@ def incoming_request_id(headers: Any) -> str | None:
         for name, value in headers:
             if name.lower() == wanted:
                 try:
-                    text = value.decode("ascii")
+                    text: str = value.decode("ascii")
                 except UnicodeDecodeError:
                     continue
                 if _VALID.fullmatch(text):
@@ -38,7 +39,7 @@ class CorrelationIdMiddleware:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self._app(scope, receive, send)
             return
         request_id = incoming_request_id(scope["headers"]) or uuid.uuid4().hex

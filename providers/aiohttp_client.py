@@ -19,7 +19,11 @@ from providers.http_client import UpstreamTimeouts
 # Most specific first: the first entry that matches an exception decides its translation.
 EXCEPTION_MAP: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (
     (aiohttp.ConnectionTimeoutError, UpstreamTimeout, "timed out connecting to the upstream"),
-    (aiohttp.SocketTimeoutError, UpstreamTimeout, "the upstream went silent for longer than the read timeout"),
+    (
+        aiohttp.SocketTimeoutError,
+        UpstreamTimeout,
+        "the upstream went silent for longer than the read timeout",
+    ),
     (aiohttp.ServerTimeoutError, UpstreamTimeout, "the upstream timed out"),
     (aiohttp.ClientConnectorError, UpstreamUnavailable, "cannot connect to the upstream"),
     (aiohttp.ServerDisconnectedError, UpstreamError, "the upstream closed the connection"),
@@ -44,7 +48,7 @@ def translate(exc: BaseException) -> ProxyError | None:
 def _translated() -> Iterator[None]:
     try:
         yield
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         mapped = translate(exc)
         if mapped is None:  # pragma: no cover - EXCEPTION_MAP ends with both base classes
             raise

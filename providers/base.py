@@ -11,7 +11,7 @@ The iterator ends normally only when the upstream finished the answer: its last 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,7 +64,7 @@ class Delta:
 class Provider(Protocol):
     """An upstream LLM API. One instance per configured provider, shared by all requests."""
 
-    def stream(self, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[Delta]]:
+    def stream(self, request: ChatRequest) -> AbstractAsyncContextManager[AsyncGenerator[Delta, None]]:
         """Open the upstream stream (see the module docstring for the phases)."""
         ...
 

@@ -8,7 +8,7 @@ It is deterministic, so tests and demos can predict every byte.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -34,10 +34,10 @@ class EchoProvider:
         self._settings = settings
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[Delta]]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncGenerator[Delta, None]]:
         yield self._deltas(request)
 
-    async def _deltas(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def _deltas(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         reply, finish_reason = _apply_stop(reply_for(request.messages), request.stop)
         tokens = tokenize(reply)
         if request.max_tokens is not None and len(tokens) > request.max_tokens:

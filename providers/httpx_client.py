@@ -19,7 +19,11 @@ EXCEPTION_MAP: tuple[tuple[type[Exception], type[ProxyError], str], ...] = (
     (httpx.WriteTimeout, UpstreamTimeout, "timed out sending the request upstream"),
     (httpx.TimeoutException, UpstreamTimeout, "the upstream timed out"),
     (httpx.ConnectError, UpstreamUnavailable, "cannot connect to the upstream"),
-    (httpx.RemoteProtocolError, UpstreamError, "the upstream broke the HTTP protocol or cut the response off"),
+    (
+        httpx.RemoteProtocolError,
+        UpstreamError,
+        "the upstream broke the HTTP protocol or cut the response off",
+    ),
     (httpx.ReadError, UpstreamError, "reading from the upstream failed"),
     (httpx.WriteError, UpstreamUnavailable, "sending the request upstream failed"),
     (httpx.ProxyError, UpstreamUnavailable, "the outbound HTTP proxy failed"),
@@ -62,7 +66,8 @@ class _Response:
         return self._response.status_code
 
     def header(self, name: str) -> str | None:
-        return self._response.headers.get(name)
+        value = self._response.headers.get(name)
+        return None if value is None else str(value)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with _translated():

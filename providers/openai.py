@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -29,7 +29,7 @@ from app.errors import (
 from app.settings import OpenAIProviderSettings
 from providers.base import ChatRequest, Delta, TokenUsage, ToolCallDelta
 from providers.http_client import HttpClient, UpstreamResponse, UpstreamTimeouts
-from providers.sse_decoder import SSEDecoder
+from providers.sse_decoder import ServerSentEvent, SSEDecoder
 
 ERROR_BODY_LIMIT = 64 * 1024
 DEFAULT_RETRY_AFTER_SECONDS = 1
@@ -96,7 +96,7 @@ class OpenAIProvider:
         self._headers = headers
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[Delta]]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncGenerator[Delta, None]]:
         headers = {**self._headers, "X-Request-ID": request.request_id}
         async with self._http.post(
             self._url, headers=headers, body=_request_body(request), timeouts=self._timeouts
@@ -127,7 +127,7 @@ def _request_body(request: ChatRequest) -> bytes:
     return _encode(body)
 
 
-async def _deltas(response: UpstreamResponse) -> AsyncIterator[Delta]:
+async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
     decoder = SSEDecoder()
     finished = False
     async for raw in response.chunks():
@@ -139,9 +139,7 @@ async def _deltas(response: UpstreamResponse) -> AsyncIterator[Delta]:
                 done = True
                 break
             try:
-                if event.event == "error":
-                    raise UpstreamError(f"the upstream reported an error: {_error_message(event.data)}")
-                deltas = _chunk_deltas(event.data)
+                deltas = _event_deltas(event)
             except UpstreamError as error:
                 failure = error  # relay what came before it first
                 break
@@ -158,6 +156,12 @@ async def _deltas(response: UpstreamResponse) -> AsyncIterator[Delta]:
             return
     if not finished:
         raise UpstreamError("the upstream ended the stream without a finish reason or [DONE]")
+
+
+def _event_deltas(event: ServerSentEvent) -> list[Delta]:
+    if event.event == "error":
+        raise UpstreamError(f"the upstream reported an error: {_error_message(event.data)}")
+    return _chunk_deltas(event.data)
 
 
 def _chunk_deltas(data: str) -> list[Delta]:
@@ -213,21 +217,26 @@ def _only_reasoning(d: Delta) -> bool:
     return not (d.text or d.tool_calls or d.finish_reason or d.usage)
 
 
+_STATUS_ERRORS: dict[int, tuple[type[ProxyError], str]] = {
+    401: (UpstreamError, "the upstream refused tokenrelay's credentials (401)"),
+    403: (UpstreamError, "the upstream refused tokenrelay's credentials (403)"),
+    404: (UpstreamModelNotFound, "the upstream does not know the model"),
+    408: (UpstreamTimeout, "the upstream timed out the request"),
+}
+
+
 async def _status_error(response: UpstreamResponse, model: str) -> ProxyError:
     status = response.status
     detail = _error_message((await response.read(ERROR_BODY_LIMIT)).decode("utf-8", errors="replace"))
-    if status in (401, 403):
-        return UpstreamError(f"the upstream refused tokenrelay's credentials ({status}): {detail}")
-    if status == 404:
-        return UpstreamModelNotFound(f"the upstream does not know the model {model!r}: {detail}")
-    if status == 408:
-        return UpstreamTimeout(f"the upstream timed out the request: {detail}")
     if status == 429:
         retry_after = parse_retry_after(response.header("retry-after"))
         return UpstreamRateLimited(f"the upstream is rate limiting: {detail}", retry_after=retry_after)
+    if status in _STATUS_ERRORS:
+        error_class, summary = _STATUS_ERRORS[status]
+        return error_class(f"{summary} (model {model!r}): {detail}")
     if status >= 500:
         return UpstreamUnavailable(f"the upstream failed ({status}): {detail}")
-    if 400 <= status < 500:
+    if status >= 400:
         return UpstreamRejectedRequest(f"the upstream rejected the request ({status}): {detail}")
     return UpstreamError(f"the upstream answered with an unexpected status {status}")
 

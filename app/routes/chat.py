@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp
@@ -12,12 +14,12 @@ from app.request_context import request_id_of
 
 
 @get("/chat/stream")
-async def chat_stream_get(request: Request[None, None, None], chat_service: NamedDependency[ChatService]) -> ASGIApp:
+async def chat_stream_get(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
     chat = parse_query(request.query_params)
     return chat_service.open_sse(chat, request_id_of(request.scope))
 
 
 @post("/chat/stream", status_code=200)
-async def chat_stream_post(request: Request[None, None, None], chat_service: NamedDependency[ChatService]) -> ASGIApp:
+async def chat_stream_post(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
     chat = parse_json_body(await request.body(), request.headers.get("content-type"))
     return chat_service.open_sse(chat, request_id_of(request.scope))

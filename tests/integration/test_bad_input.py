@@ -63,9 +63,7 @@ async def test_invalid_body_is_422_naming_the_field(base: str, body: dict[str, A
 @pytest.mark.parametrize("raw", [b"{", b"not json", b"[1,2]", b'"prompt"', b"", b"\xff\xfe"])
 async def test_body_that_is_not_a_json_object_is_422(base: str, raw: bytes) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.post(
-            f"{base}/chat/stream", content=raw, headers={"content-type": "application/json"}
-        )
+        response = await client.post(f"{base}/chat/stream", content=raw, headers={"content-type": "application/json"})
     assert_error(response, 422, "invalid_request", "body")
 
 
@@ -77,7 +75,11 @@ async def test_body_that_is_not_declared_json_is_415(base: str) -> None:
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({}, "messages"), ({"prompt": "x", "max_tokens": "abc"}, "max_tokens"), ({"prompt": "x", "n": "2"}, "n")],
+    [
+        ({}, "messages"),
+        ({"prompt": "x", "max_tokens": "abc"}, "max_tokens"),
+        ({"prompt": "x", "n": "2"}, "n"),
+    ],
 )
 async def test_invalid_query_is_422(base: str, params: dict[str, str], field: str) -> None:
     async with httpx.AsyncClient(timeout=10) as client:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
 
-import anyio
 import httpx
 import pytest
 
@@ -51,7 +51,11 @@ async def test_first_token_arrives_before_the_upstream_finishes(upstream: FakeUp
     ("transcript", "kinds", "check"),
     [
         ("text", ["start", *["token"] * 14, "done"], "text"),
-        ("reasoning", ["start", "reasoning", "reasoning", "reasoning", "token", "token", "done"], "reasoning"),
+        (
+            "reasoning",
+            ["start", "reasoning", "reasoning", "reasoning", "token", "token", "done"],
+            "reasoning",
+        ),
         ("tool_calls", ["start", *["tool_call"] * 8, "done"], "tools"),
     ],
 )
@@ -188,8 +192,7 @@ async def test_upstream_status_before_the_stream_is_an_http_error(
 
 
 async def test_refused_connection_is_502() -> None:
-    with anyio.CancelScope():
-        closed = _closed_port()
+    closed = _closed_port()
     settings = proxy_settings(None, "any", base_url=f"http://127.0.0.1:{closed}/v1")
     with running_proxy(settings) as base:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -235,8 +238,6 @@ async def test_failures_after_the_first_token_end_with_an_error_frame(
 
 
 def _closed_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -24,13 +24,13 @@ class RecordCollector(logging.Handler):
     def messages(self, containing: str = "") -> list[str]:
         return [m for r in list(self.records) if containing in (m := r.getMessage())]
 
-    async def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 5.0) -> list[str]:
+    async def wait_for(self, predicate: Callable[[list[str]], bool], seconds: float = 5.0) -> list[str]:
         def wait() -> bool:
             with self._changed:
-                return self._changed.wait_for(lambda: predicate(self.messages()), timeout)
+                return self._changed.wait_for(lambda: predicate(self.messages()), seconds)
 
         if not await anyio.to_thread.run_sync(wait):
-            raise TimeoutError(f"log condition not met within {timeout} s; saw {self.messages()}")
+            raise TimeoutError(f"log condition not met within {seconds} s; saw {self.messages()}")
         return self.messages()
 
 

@@ -79,9 +79,8 @@ class WhatwgParser:
         elif name == "id":
             if "\x00" not in value:
                 self._last_event_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self.result.retry = int(value)
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.result.retry = int(value)
 
     def _dispatch(self) -> None:
         if self._data == "":

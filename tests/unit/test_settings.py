@@ -43,7 +43,7 @@ def test_tokenrelay_config_names_the_file(tmp_path: Path) -> None:
     ],
 )
 def test_variable_expansion(value: str, environ: dict[str, str], expected: str | None) -> None:
-    text = f"providers:\n  up:\n    type: openai\n    base_url: http://u/v1\n    api_key: \"{value}\"\n" + ONE_MODEL
+    text = f'providers:\n  up:\n    type: openai\n    base_url: http://u/v1\n    api_key: "{value}"\n' + ONE_MODEL
     provider = parse_settings(text, environ).providers["up"]
     assert isinstance(provider, OpenAIProviderSettings)
     key = provider.api_key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,7 +11,7 @@ from providers.sse_decoder import ServerSentEvent, SSEDecoder
 
 BODY = (
     ": comment\r\n"
-    "event: message_start\r\ndata: {\"a\":1}\r\n\r\n"
+    'event: message_start\r\ndata: {"a":1}\r\n\r\n'
     "data: line1\ndata: line2\n\n"
     "id: 7\rdata: caf\u00e9 \U0001f600 \u4e2d\r\r"
     "retry: 10\n\n"
@@ -52,4 +54,4 @@ def test_utf8_character_split_across_chunks() -> None:
 @given(cuts=st.lists(st.integers(0, len(BODY)), max_size=12))
 def test_any_cut_points(cuts: list[int]) -> None:
     points = [0, *sorted(set(cuts)), len(BODY)]
-    assert decode([BODY[a:b] for a, b in zip(points, points[1:], strict=False)]) == EXPECTED
+    assert decode([BODY[a:b] for a, b in itertools.pairwise(points)]) == EXPECTED
