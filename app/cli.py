@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from app.factory import create_app
+from app.factory import create_server_app
 from app.logs import configure_logging
 from app.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_app(settings: Settings) -> None:
     uvicorn.run(
-        create_app(settings),
+        create_server_app(settings),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",

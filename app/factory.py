@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from litestar import Litestar
 from litestar.di import Provide
 
@@ -38,4 +40,14 @@ def create_app(settings: Settings) -> Litestar:
 
 def create_app_from_environment() -> Litestar:
     """The factory uvicorn calls in each worker process (`TOKENRELAY_CONFIG` names the file)."""
-    return create_app(load_settings())
+    return create_server_app(load_settings())
+
+
+def create_server_app(settings: Settings) -> Litestar:
+    """`create_app` for a server process: everything alive once the app is built lives as long as the process,
+    so it is moved out of the collector's reach (`gc.freeze`), which keeps full collections short under load
+    (bench/: a 13 ms gen-2 pause without it)."""
+    app = create_app(settings)
+    gc.collect()
+    gc.freeze()
+    return app

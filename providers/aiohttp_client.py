@@ -92,8 +92,12 @@ class AiohttpClient:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
+            # No cookie jar and no environment proxies: an API relay carries neither, and both cost per request.
             self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=False, skip_auto_headers=("User-Agent",)
+                connector=connector,
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent",),
             )
         return self._session
 
