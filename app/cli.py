@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_app(settings: Settings) -> None:
+    """Run the server in this process until it is told to stop."""
     uvicorn.run(
         create_server_app(settings),
         host=settings.server.host,
@@ -57,3 +58,7 @@ def serve_app(settings: Settings) -> None:
         log_config=None,
         timeout_graceful_shutdown=settings.server.graceful_shutdown_seconds,
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ from providers.registry import ProviderRegistry
 
 
 def create_app(settings: Settings) -> Litestar:
-    """Build the application. Nothing here does I/O: pools open on first use and close at shutdown."""
+    """Build the application. Nothing here does I/O: upstream pools open at startup and close at shutdown."""
     providers = ProviderRegistry(settings)
     chat_service = ChatService(settings, providers)
 
@@ -29,6 +29,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,
+        on_startup=[providers.open],
         on_shutdown=[providers.aclose],
         openapi_config=None,
         logging_config=None,

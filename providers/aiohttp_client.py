@@ -85,11 +85,11 @@ class _Response:
 
 class AiohttpClient:
     def __init__(self, *, max_connections: int) -> None:
-        # Built lazily inside the running loop: aiohttp binds its session to the loop that creates it.
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    async def open(self) -> None:
+        # Made in open(), not __init__: aiohttp binds a session to the event loop that creates it.
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
             # No cookie jar and no environment proxies: an API relay carries neither, and both cost per request.
@@ -99,7 +99,6 @@ class AiohttpClient:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent",),
             )
-        return self._session
 
     @asynccontextmanager
     async def post(
@@ -111,7 +110,9 @@ class AiohttpClient:
             sock_connect=timeouts.connect,
             sock_read=timeouts.read,
         )
-        session = self._get_session()
+        session = self._session
+        if session is None:
+            raise RuntimeError("AiohttpClient.post() before open()")
         with _translated():
             async with asyncio.timeout(timeouts.pool + timeouts.connect + timeouts.first_byte):
                 response = await session.post(
@@ -129,3 +130,4 @@ class AiohttpClient:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+            self._session = None

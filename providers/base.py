@@ -68,6 +68,10 @@ class Provider(Protocol):
         """Open the upstream stream (see the module docstring for the phases)."""
         ...
 
+    async def open(self) -> None:
+        """Prepare pooled connections; called once at application startup."""
+        ...
+
     async def aclose(self) -> None:
         """Release pooled connections; called once at application shutdown."""
         ...

@@ -54,6 +54,9 @@ class EchoProvider:
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(tokens))
         yield Delta(finish_reason=finish_reason, usage=usage)
 
+    async def open(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

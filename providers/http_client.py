@@ -40,11 +40,17 @@ class UpstreamResponse(Protocol):
 
 
 class HttpClient(Protocol):
+    async def open(self) -> None:
+        """Create the connection pool, inside the serving event loop (application startup)."""
+        ...
+
     def post(
         self, url: str, *, headers: Mapping[str, str], body: bytes, timeouts: UpstreamTimeouts
     ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close every pooled connection (application shutdown)."""
+        ...
 
 
 def build_http_client(kind: HttpClientKind, *, max_connections: int) -> HttpClient:

@@ -96,6 +96,9 @@ class HttpxClient:
             transport = httpx.AsyncHTTPTransport(limits=limits)
         self._client = httpx.AsyncClient(transport=transport, trust_env=False)
 
+    async def open(self) -> None:
+        return None  # httpx opens connections on demand and is not bound to a loop
+
     @asynccontextmanager
     async def post(
         self, url: str, *, headers: Mapping[str, str], body: bytes, timeouts: UpstreamTimeouts

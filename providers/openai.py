@@ -105,6 +105,9 @@ class OpenAIProvider:
                 raise await _status_error(response, request.model)
             yield _deltas(response)
 
+    async def open(self) -> None:
+        await self._http.open()
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -218,8 +221,6 @@ def _only_reasoning(d: Delta) -> bool:
 
 
 _STATUS_ERRORS: dict[int, tuple[type[ProxyError], str]] = {
-    401: (UpstreamError, "the upstream refused tokenrelay's credentials (401)"),
-    403: (UpstreamError, "the upstream refused tokenrelay's credentials (403)"),
     404: (UpstreamModelNotFound, "the upstream does not know the model"),
     408: (UpstreamTimeout, "the upstream timed out the request"),
 }
@@ -227,6 +228,9 @@ _STATUS_ERRORS: dict[int, tuple[type[ProxyError], str]] = {
 
 async def _status_error(response: UpstreamResponse, model: str) -> ProxyError:
     status = response.status
+    if status in (401, 403):
+        # The upstream's explanation can quote (part of) the operator's key: it stays out of the response.
+        return UpstreamError(f"the upstream refused tokenrelay's credentials ({status}); check the provider's api_key")
     detail = _error_message((await response.read(ERROR_BODY_LIMIT)).decode("utf-8", errors="replace"))
     if status == 429:
         retry_after = parse_retry_after(response.header("retry-after"))

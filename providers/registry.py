@@ -40,6 +40,10 @@ class ProviderRegistry:
             raise ModelNotFound(f"unknown model {name!r}; GET /v1/models lists the available ones")
         return Route(name, target.provider, target.model, self._providers[target.provider])
 
+    async def open(self) -> None:
+        for provider in self._providers.values():
+            await provider.open()
+
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()

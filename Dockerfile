@@ -1,0 +1,25 @@
+# tokenrelay: a small image that runs the proxy as an unprivileged user.
+#   docker build -t tokenrelay . && docker run -p 8000:8000 -e OPENAI_API_KEY tokenrelay
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY providers ./providers
+COPY middleware ./middleware
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.12-slim
+RUN useradd --system --uid 10001 --no-create-home tokenrelay
+COPY --from=build /install /usr/local
+COPY config.yaml /etc/tokenrelay/config.yaml
+ENV TOKENRELAY_CONFIG=/etc/tokenrelay/config.yaml \
+    TOKENRELAY_HOST=0.0.0.0 \
+    TOKENRELAY_PORT=8000 \
+    PYTHONUNBUFFERED=1
+USER tokenrelay
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=1); sys.exit(0)"]
+# SIGTERM lets uvicorn drain open streams for server.graceful_shutdown_seconds before exiting.
+STOPSIGNAL SIGTERM
+CMD ["tokenrelay", "serve"]

@@ -1,0 +1,92 @@
+"""`tokenrelay serve` as an operator runs it: a real process, a config file, curl-like requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.whatwg_sse import parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tokenrelay() -> list[str]:
+    script = shutil.which("tokenrelay", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "app.cli"]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  echo:\n    type: echo\n    tokens_per_second: 200\n    first_token_delay_ms: 0\n"
+        "models:\n  echo: {provider: echo, model: echo}\n"
+    )
+    process = subprocess.Popen(
+        [*tokenrelay(), "serve", "--port", str(port), "--config", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TOKENRELAY_CONFIG"},
+    )
+    try:
+        assert process.stdout is not None
+        # uvicorn announces readiness on its log; reading it is the event to wait for.
+        for line in process.stdout:
+            if "Application startup complete" in line:
+                break
+        else:
+            raise AssertionError("tokenrelay serve exited before it was ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def test_serve_streams_the_readme_curl_request(served: str) -> None:
+    response = httpx.get(f"{served}/chat/stream", params={"prompt": "hello"}, timeout=10)
+    assert response.status_code == 200
+    events = parse(response.content).events
+    kinds = [e.type for e in events]
+    assert (kinds[0], kinds[-1]) == ("start", "done")
+    assert "".join(json.loads(e.data)["text"] for e in events if e.type == "token") == "Echo: hello"
+
+
+def test_a_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  port: 8000\n  prot: 1\n")
+    result = subprocess.run(
+        [*tokenrelay(), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "config.yaml:3: server.prot: unknown key" in result.stderr
+
+
+def test_several_workers_without_shared_state_are_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*tokenrelay(), "serve", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "workers" in result.stderr
