@@ -202,13 +202,14 @@ class StreamRun:
         idle = self._loop.time() - self._last_write
         if idle >= self._ping_interval:
             self._last_write = self._loop.time()
-            self._pings.add(ping := self._loop.create_task(self._send_ping()))
+            self._pings.add(ping := self._loop.create_task(self._send_ping(self._seq)))
             ping.add_done_callback(self._pings.discard)
             idle = 0.0
         self._arm_ping(self._ping_interval - idle)
 
-    async def _send_ping(self) -> None:
-        if not self._ended:
+    async def _send_ping(self, seq_when_due: int) -> None:
+        # A frame written since the ping fell due ended the silence: the ping would only add noise.
+        if not self._ended and self._seq == seq_when_due:
             await self._send({"type": "http.response.body", "body": self._transport.keepalive, "more_body": True})
 
     async def _refuse(self, error: ProxyError) -> None:

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def served(tmp_path: Path) -> Iterator[str]:
         text=True,
         env={k: v for k, v in os.environ.items() if k != "TOKENRELAY_CONFIG"},
     )
+    drain: threading.Thread | None = None
     try:
         assert process.stdout is not None
         # uvicorn announces readiness on its log; reading it is the event to wait for.
@@ -54,10 +56,17 @@ def served(tmp_path: Path) -> Iterator[str]:
                 break
         else:
             raise AssertionError("tokenrelay serve exited before it was ready")
+        # Keep draining its log so that a full pipe can never block the server.
+        drain = threading.Thread(target=process.stdout.read, daemon=True)
+        drain.start()
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(15)
+        if drain is not None:
+            drain.join(5)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_serve_streams_the_readme_curl_request(served: str) -> None:

@@ -186,7 +186,12 @@ async def test_upstream_status_before_the_stream_is_an_http_error(
     error = response.json()["error"]
     assert error["code"] == code
     assert error["request_id"] == response.headers["x-request-id"]
-    assert "fake upstream error" in error["message"]
+    if status == 502 and code == "upstream_error":
+        # A credentials refusal is explained without echoing the upstream's text, which can quote the key.
+        assert "credentials" in error["message"]
+        assert "fake upstream error" not in error["message"]
+    else:
+        assert "fake upstream error" in error["message"]
     if status == 429:
         assert response.headers["retry-after"] == "7"
 
