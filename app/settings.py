@@ -75,7 +75,7 @@ class OpenAIProviderSettings(_Frozen):
     api_key: SecretStr | None = None
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=4096, ge=1)
-    http_client: Literal["aiohttp", "httpx", "httpx-aiohttp"] = "aiohttp"
+    http_client: Literal["httptools", "aiohttp", "httpx", "httpx-aiohttp"] = "httptools"
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("base_url")

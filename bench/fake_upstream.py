@@ -160,14 +160,15 @@ class FakeUpstream:
 
     def stop(self) -> None:
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(self.aclose(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
         if self._loop is not None:
             self._loop.close()
 
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop serving and drop every connection (for a server started with `serve()`)."""
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):

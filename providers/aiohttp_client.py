@@ -33,6 +33,7 @@ EXCEPTION_MAP: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (
     (aiohttp.InvalidURL, UpstreamUnavailable, "the upstream URL is invalid"),
     (aiohttp.ClientConnectionError, UpstreamUnavailable, "the connection to the upstream failed"),
     (aiohttp.ClientError, UpstreamError, "the upstream request failed"),
+    (aiohttp.WSMessageTypeError, UpstreamError, "the upstream sent an unexpected WebSocket message"),
     (asyncio.TimeoutError, UpstreamTimeout, "the upstream timed out"),
 )
 

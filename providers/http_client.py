@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-HttpClientKind = Literal["aiohttp", "httpx", "httpx-aiohttp"]
+HttpClientKind = Literal["httptools", "aiohttp", "httpx", "httpx-aiohttp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,10 @@ class HttpClient(Protocol):
 
 def build_http_client(kind: HttpClientKind, *, max_connections: int) -> HttpClient:
     """One pooled client; the caller owns it and closes it with `aclose()`."""
+    if kind == "httptools":
+        from providers.httptools_client import HttptoolsClient
+
+        return HttptoolsClient(max_connections=max_connections)
     if kind == "aiohttp":
         from providers.aiohttp_client import AiohttpClient
 

@@ -34,6 +34,7 @@ EXCEPTION_MAP: tuple[tuple[type[Exception], type[ProxyError], str], ...] = (
     (httpx.TransportError, UpstreamError, "the upstream request failed"),
     (httpx.HTTPError, UpstreamError, "the upstream request failed"),
     (httpx.StreamError, UpstreamError, "the upstream response stream failed"),
+    (httpx.CookieConflict, UpstreamError, "the upstream set conflicting cookies"),
 )
 
 

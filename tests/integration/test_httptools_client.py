@@ -1,0 +1,133 @@
+"""The httptools upstream client against real sockets: keep-alive, stale connections, body framings, bad HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bench.fake_upstream import FakeUpstream
+from providers.http_client import UpstreamTimeouts
+from providers.httptools_client import HttptoolsClient
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUTS = UpstreamTimeouts(connect=2, first_byte=2, read=2, pool=2)
+BODY = b'{"model":"gen?n=3","messages":[]}'
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve(handler: Handler) -> tuple[asyncio.Server, str]:
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(closing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+async def body_of(client: HttptoolsClient, url: str) -> tuple[int, bytes]:
+    async with client.post(url, headers={"X-Test": "1"}, body=BODY, timeouts=TIMEOUTS) as response:
+        return response.status, b"".join([chunk async for chunk in response.chunks()])
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttptoolsClient]:
+    http = HttptoolsClient(max_connections=8)
+    await http.open()
+    yield http
+    await http.aclose()
+
+
+async def test_sequential_requests_share_one_kept_alive_connection(client: HttptoolsClient) -> None:
+    upstream = FakeUpstream()
+    await upstream.serve()
+    url = f"{upstream.base_url}/chat/completions"
+    for _ in range(5):
+        status, body = await body_of(client, url)
+        assert status == 200
+        assert body.endswith(b"data: [DONE]\n\n")
+        assert b" t2" in body
+    assert len({r.headers.get("x-test") for r in upstream.records}) == 1
+    assert len(upstream.records) == 5
+    assert client.open_connections == 1  # one TCP connection carried all five
+    await upstream.aclose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(client: HttptoolsClient) -> None:
+    served = 0
+
+    async def one_request_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await reader.readuntil(b"\r\n\r\n")
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # while the client believes it can keep the connection alive
+
+    server, url = await serve(one_request_per_connection)
+    assert await body_of(client, url) == (200, b"ok")
+    await asyncio.sleep(0.05)  # let the server's FIN arrive, as it would between two real requests
+    assert await body_of(client, url) == (200, b"ok")
+    assert served == 2
+    server.close()
+
+
+async def test_body_that_ends_with_the_connection(client: HttptoolsClient) -> None:
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        writer.write(b"data: a\n\n")
+        await writer.drain()
+        writer.write(b"data: [DONE]\n\n")
+        writer.close()
+
+    server, url = await serve(until_close)
+    assert await body_of(client, url) == (200, b"data: a\n\ndata: [DONE]\n\n")
+    server.close()
+
+
+async def test_invalid_http_is_an_upstream_error(client: HttptoolsClient) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve(garbage)
+    with pytest.raises(UpstreamError, match="invalid HTTP"):
+        await body_of(client, url)
+    server.close()
+
+
+async def test_silence_before_headers_is_a_timeout(client: HttptoolsClient) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server, url = await serve(silent)
+    quick = UpstreamTimeouts(connect=1, first_byte=0.2, read=1, pool=1)
+    with pytest.raises(UpstreamTimeout, match="response headers"):
+        async with client.post(url, headers={}, body=BODY, timeouts=quick):
+            pass
+    server.close()
+
+
+async def test_refused_connection_is_unavailable(client: HttptoolsClient) -> None:
+    server, url = await serve(lambda r, w: asyncio.sleep(0))
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(UpstreamUnavailable):
+        await body_of(client, url)
+
+
+async def test_header_values_cannot_inject_lines(client: HttptoolsClient) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        async with client.post(
+            "http://127.0.0.1:9/x", headers={"X-Evil": "a\r\nHost: evil"}, body=b"", timeouts=TIMEOUTS
+        ):
+            pass
