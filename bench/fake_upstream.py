@@ -43,34 +43,30 @@ class RequestRecord:
     backpressured: threading.Event = field(default_factory=threading.Event)
 
 
-def content_chunk(model: str, delta: dict[str, object], finish_reason: str | None = None) -> bytes:
+def _chunk(model: str, choices: list[dict[str, object]], usage: dict[str, int] | None) -> bytes:
     payload = {
         "id": CHUNK_ID,
         "object": "chat.completion.chunk",
         "created": CREATED,
         "model": model,
         "system_fingerprint": "fp_fake",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": None,
+        "choices": choices,
+        "usage": usage,
     }
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def content_chunk(model: str, delta: dict[str, object], finish_reason: str | None = None) -> bytes:
+    return _chunk(model, [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], None)
 
 
 def usage_chunk(model: str, prompt_tokens: int, completion_tokens: int) -> bytes:
-    payload = {
-        "id": CHUNK_ID,
-        "object": "chat.completion.chunk",
-        "created": CREATED,
-        "model": model,
-        "system_fingerprint": "fp_fake",
-        "choices": [],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return _chunk(model, [], usage)
 
 
 DONE = b"data: [DONE]\n\n"

@@ -85,28 +85,25 @@ async def test_leaving_while_the_upstream_has_not_answered(upstream: FakeUpstrea
     assert_cleaned_up_once(logs, "leave-early")
 
 
-async def test_leaving_before_the_first_token(upstream: FakeUpstream, logs: RecordCollector) -> None:
-    model = "gen?n=3&first_ms=5000"
+@pytest.mark.parametrize(
+    ("model", "read_to", "request_id"),
+    [
+        ("gen?n=3&first_ms=5000", "start", "leave-before-first-token"),
+        ("gen?n=1000&gap_ms=20", "token", "leave-mid-stream"),
+    ],
+)
+async def test_leaving_after_the_stream_started(
+    upstream: FakeUpstream, logs: RecordCollector, model: str, read_to: str, request_id: str
+) -> None:
+    """Before the first token (the proxy waits on the upstream) and mid-stream (between two tokens)."""
     with running_proxy(proxy_settings(upstream, model)) as base:
-        async with open_stream(base, model, "leave-before-first-token") as response:
-            body = await read_until(response, "start")
+        async with open_stream(base, model, request_id) as response:
+            body = await read_until(response, read_to)
             record = await upstream_request(upstream, model)
             left_at = time.monotonic()
             del body
         await assert_hung_up(record, left_at)
-    assert_cleaned_up_once(logs, "leave-before-first-token")
-
-
-async def test_leaving_mid_stream(upstream: FakeUpstream, logs: RecordCollector) -> None:
-    model = "gen?n=1000&gap_ms=20"
-    with running_proxy(proxy_settings(upstream, model)) as base:
-        async with open_stream(base, model, "leave-mid-stream") as response:
-            body = await read_until(response, "token")
-            record = await upstream_request(upstream, model)
-            left_at = time.monotonic()
-            del body
-        await assert_hung_up(record, left_at)
-    assert_cleaned_up_once(logs, "leave-mid-stream")
+    assert_cleaned_up_once(logs, request_id)
 
 
 async def test_leaving_while_the_proxy_is_blocked_writing(upstream: FakeUpstream, logs: RecordCollector) -> None:
