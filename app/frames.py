@@ -24,6 +24,7 @@ class StartFrame(Frame, frozen=True):
     id: str
     model: str
     provider: str
+    upstream_model: str
     created: int
     request_id: str
 

@@ -69,8 +69,9 @@ class EchoProviderSettings(_Frozen):
     first_token_delay_ms: float = Field(default=200.0, ge=0)
 
 
-class OpenAIProviderSettings(_Frozen):
-    type: Literal["openai"]
+class _HttpProviderSettings(_Frozen):
+    """What every provider that calls an upstream over HTTP shares."""
+
     base_url: str = Field(pattern=r"^https?://")
     api_key: SecretStr | None = None
     timeouts: Timeouts = Timeouts()
@@ -86,19 +87,62 @@ class OpenAIProviderSettings(_Frozen):
     @field_validator("api_key")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        # `${OPENAI_API_KEY:-}` expands to "" when unset: that means "send no Authorization header".
+        # `${OPENAI_API_KEY:-}` expands to "" when unset: that means "send no credentials".
         return value if value is not None and value.get_secret_value() else None
 
 
-_PROVIDER_TAGS = ("echo", "openai")
-ProviderSettings = Annotated[EchoProviderSettings | OpenAIProviderSettings, Field(discriminator="type")]
+class OpenAIProviderSettings(_HttpProviderSettings):
+    """Any OpenAI-compatible Chat Completions server; `base_url` ends before `/chat/completions`."""
+
+    type: Literal["openai"]
 
 
-class ModelRoute(_Frozen):
-    """A public model name's target: a configured provider and the model name it knows upstream."""
+class AnthropicProviderSettings(_HttpProviderSettings):
+    """The Anthropic Messages API; `base_url` ends before `/v1/messages`."""
+
+    type: Literal["anthropic"]
+    base_url: str = Field(default="https://api.anthropic.com", pattern=r"^https?://")
+    version: str = "2023-06-01"
+    default_max_tokens: int = Field(default=4096, ge=1, description="Anthropic requires max_tokens")
+
+
+_PROVIDER_TAGS = ("echo", "openai", "anthropic")
+ProviderSettings = Annotated[
+    EchoProviderSettings | OpenAIProviderSettings | AnthropicProviderSettings, Field(discriminator="type")
+]
+
+
+class TargetSettings(_Frozen):
+    """One place a public model can be served: a configured provider, its model name, optional own timeouts."""
 
     provider: str
     model: str
+    timeouts: Timeouts | None = None
+
+
+class ModelRoute(_Frozen):
+    """A public model name: targets tried in order (retries, then fallback) until one starts streaming.
+
+    `{provider: p, model: m}` is shorthand for a single target.
+    """
+
+    targets: tuple[TargetSettings, ...] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_target_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "targets" not in data and "provider" in data:
+            return {"targets": [data]}
+        return data
+
+
+class RoutingSettings(_Frozen):
+    """Retries happen only before the first delta reaches the client; never after."""
+
+    attempts_per_target: int = Field(default=2, ge=1)
+    backoff_initial_ms: float = Field(default=100, ge=0)
+    backoff_max_ms: float = Field(default=2000, ge=0)
+    retry_after_cap_seconds: float = Field(default=10, ge=0, description="longer Retry-After: next target")
 
 
 def _default_providers() -> dict[str, ProviderSettings]:
@@ -106,7 +150,7 @@ def _default_providers() -> dict[str, ProviderSettings]:
 
 
 def _default_models() -> dict[str, ModelRoute]:
-    return {"echo": ModelRoute(provider="echo", model="echo")}
+    return {"echo": ModelRoute(targets=(TargetSettings(provider="echo", model="echo"),))}
 
 
 class Settings(_Frozen):
@@ -115,6 +159,7 @@ class Settings(_Frozen):
     server: ServerSettings = ServerSettings()
     stream: StreamSettings = StreamSettings()
     limits: LimitSettings = LimitSettings()
+    routing: RoutingSettings = RoutingSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=_default_providers)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
     default_model: str = "echo"
@@ -124,8 +169,11 @@ class Settings(_Frozen):
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not a key of models")
         for name, route in self.models.items():
-            if route.provider not in self.providers:
-                raise ValueError(f"models.{name}.provider {route.provider!r} is not a key of providers")
+            for i, target in enumerate(route.targets):
+                if target.provider not in self.providers:
+                    raise ValueError(
+                        f"models.{name}.targets.{i}.provider {target.provider!r} is not a key of providers"
+                    )
         return self
 
 

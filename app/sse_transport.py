@@ -1,11 +1,12 @@
-"""Frames as `text/event-stream`: the `/chat/stream` wire protocol (DESIGN section 3)."""
+"""The `/chat/stream` wire protocol (DESIGN section 3): each event a frame `id: <stream>.<seq>`."""
 
 from __future__ import annotations
 
 import msgspec
 
-from app.frames import Frame
+from app.frames import DoneFrame, ErrorFrame, Frame, ReasoningFrame, StartFrame, TokenFrame, ToolCallFrame
 from app.sse import PING, encode_json_event
+from providers.base import Delta
 
 SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -14,17 +15,40 @@ SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-accel-buffering", b"no"),
 )
 
+_encode = msgspec.json.Encoder().encode
 
-class SSETransport:
-    """Encodes each frame as one event `id: <stream>.<seq>`; `retry:` rides on the first one."""
+
+class SSEEncoder:
+    """One stream's frames; `retry:` rides on the first (start) event, so no block is meta-fields only."""
 
     headers = SSE_HEADERS
     keepalive = PING
 
-    def __init__(self, retry_ms: int) -> None:
+    def __init__(self, stream_id: str, retry_ms: int) -> None:
+        self._stream_id = stream_id
         self._retry_ms = retry_ms
-        self._encode = msgspec.json.Encoder().encode
+        self._seq = 0
 
-    def encode(self, frame: Frame, frame_id: str, seq: int) -> bytes:
+    def start(self, frame: StartFrame) -> bytes:
+        return self._frame(frame)
+
+    def delta(self, delta: Delta) -> bytes:
+        frames: list[bytes] = []
+        if delta.reasoning:
+            frames.append(self._frame(ReasoningFrame(text=delta.reasoning)))
+        if delta.text:
+            frames.append(self._frame(TokenFrame(text=delta.text)))
+        for call in delta.tool_calls:
+            frames.append(
+                self._frame(ToolCallFrame(index=call.index, id=call.id, name=call.name, arguments=call.arguments))
+            )
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def end(self, frame: DoneFrame | ErrorFrame) -> bytes:
+        return self._frame(frame)
+
+    def _frame(self, frame: Frame) -> bytes:
+        seq = self._seq
+        self._seq += 1
         retry = self._retry_ms if seq == 0 else None
-        return encode_json_event(frame.event, self._encode(frame), id=frame_id, retry_ms=retry)
+        return encode_json_event(frame.event, _encode(frame), id=f"{self._stream_id}.{seq}", retry_ms=retry)

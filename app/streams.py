@@ -1,12 +1,13 @@
 """`StreamRun`: one upstream stream relayed to one client, as an ASGI application.
 
-Phases: the upstream is opened while nothing is committed, so a failure is still a real HTTP status with a JSON
-body. Once the upstream answered with success headers, the 200 and the transport's headers go out with the
-`start` frame, deltas are relayed as frames, and exactly one terminal frame ends the body.
+Phases. Nothing is committed to the client until the upstream has produced its first delta (or a keep-alive is
+due first): until then a failure can still be retried, fall back to the route's next target, or become a real
+HTTP status with a JSON body. At the commit the 200, the encoder's headers and its start go out; deltas are then
+relayed as they come, and exactly one terminal frame ends the body. A failure after the commit is never retried.
 
-A task watches `receive()` for the client leaving during every phase (the upstream open included); it cancels the
-run, which closes the upstream wherever the run was waiting: on the upstream, or on a client that stopped
-reading. Cleanup runs once on every ending.
+A task watches `receive()` for the client leaving during every phase; it cancels the run, which closes the upstream
+wherever the run was waiting: on the upstream, in a backoff, or on a client that stopped reading. Cleanup runs
+once on every ending.
 
 The per-stream machinery is plain asyncio (one watcher task, one timer handle for keep-alives) rather than an anyio
 task group: measured with bench/, the task group's scopes and cancel messages cost about a third of the proxy's
@@ -20,36 +21,35 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack, aclosing
+from dataclasses import replace
 from typing import Protocol
 
 from litestar.types import Receive, Scope, Send
 
 from app.errors import InternalError, ProxyError, UpstreamError, error_body
-from app.frames import (
-    DoneFrame,
-    ErrorFrame,
-    Frame,
-    ReasoningFrame,
-    StartFrame,
-    TokenFrame,
-    ToolCallFrame,
-    Usage,
-)
+from app.frames import DoneFrame, ErrorFrame, StartFrame, Usage
 from providers.base import ChatRequest, Delta, TokenUsage
-from providers.registry import Route
+from providers.registry import Route, Target
+from providers.retry import RetryPolicy
 
 logger = logging.getLogger("tokenrelay.stream")
 
 YIELD_AFTER_SECONDS = 0.005
 
 
-class FrameTransport(Protocol):
+class StreamEncoder(Protocol):
+    """One stream's wire protocol (SSE frames, OpenAI chunks ...): events in, bytes out. One per stream."""
+
     headers: tuple[tuple[bytes, bytes], ...]
     keepalive: bytes
 
-    def encode(self, frame: Frame, frame_id: str, seq: int) -> bytes: ...
+    def start(self, frame: StartFrame) -> bytes: ...
+
+    def delta(self, delta: Delta) -> bytes: ...
+
+    def end(self, frame: DoneFrame | ErrorFrame) -> bytes: ...
 
 
 def new_stream_id() -> str:
@@ -60,29 +60,33 @@ class StreamRun:
     def __init__(
         self,
         *,
+        stream_id: str,
         route: Route,
         request: ChatRequest,
-        transport: FrameTransport,
+        encoder: StreamEncoder,
+        policy: RetryPolicy,
         ping_interval: float,
         prompt_estimate: int,
     ) -> None:
-        self.stream_id = new_stream_id()
+        self.stream_id = stream_id
         self._route = route
         self._request = request
-        self._transport = transport
+        self._encoder = encoder
+        self._policy = policy
         self._ping_interval = ping_interval
         self._prompt_estimate = prompt_estimate
         self._send: Send = _not_started
         self._loop: asyncio.AbstractEventLoop  # the serving loop, known once __call__ runs
-        self._client_left = False
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._pings: set[asyncio.Task[None]] = set()
-        self._seq = 0
         self._committed = False
         self._ended = False
+        self._client_left = False
+        self._writes = 0
         self._last_write = 0.0
         self._last_yield = 0.0
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pings: set[asyncio.Task[None]] = set()
         self._completion_chars = 0
+        self._served_by = "-"
         self._outcome = "disconnected"
         self._started = time.monotonic()
 
@@ -118,57 +122,109 @@ class StreamRun:
             task.cancel()
 
     async def _serve(self) -> None:
-        try:
-            async with self._route.provider.stream(self._request) as deltas:
-                await self._commit()
-                self._arm_ping(self._ping_interval)
-                async with aclosing(deltas):
-                    terminal = await self._relay(deltas)
-        except ProxyError as error:
-            if not self._committed:
-                await self._refuse(error)
-                return
-            terminal = self._error_frame(error)
-        except Exception as exc:
-            logger.exception("stream %s failed", self.stream_id)
-            if not self._committed:
+        terminal: DoneFrame | ErrorFrame
+        async with AsyncExitStack() as upstream:
+            try:
+                target, deltas, first = await self._open(upstream)
+            except ProxyError as error:
+                if not self._committed:
+                    await self._refuse(error)
+                    return
+                terminal = self._error_frame(error)
+            except Exception:
+                logger.exception("stream %s failed to open", self.stream_id)
                 await self._refuse(InternalError("tokenrelay failed to open the stream"))
                 return
-            terminal = self._error_frame(InternalError(f"tokenrelay failed mid-stream: {type(exc).__name__}"))
+            else:
+                if not self._committed:
+                    await self._commit(target)
+                async with aclosing(deltas):
+                    terminal = await self._relay(first, deltas)
         self._ended = True
         self._outcome = terminal.event
-        await self._write(terminal, more=False)
+        await self._write(self._encoder.end(terminal), more=False)
 
-    async def _commit(self) -> None:
-        await self._send({"type": "http.response.start", "status": 200, "headers": list(self._transport.headers)})
+    async def _open(self, upstream: AsyncExitStack) -> tuple[Target, AsyncGenerator[Delta, None], Delta]:
+        """Try the route's targets in order, with retries, until one produces a first delta."""
+        error: ProxyError = UpstreamError("the model has no targets")
+        for target in self._route.targets:
+            request = replace(self._request, model=target.upstream_model, timeouts=target.timeouts)
+            for attempt in range(self._policy.attempts_per_target):
+                attempt_stack = AsyncExitStack()
+                try:
+                    deltas = await attempt_stack.enter_async_context(target.provider.stream(request))
+                    first = await self._first_delta(target, deltas)
+                except ProxyError as failure:
+                    await attempt_stack.aclose()
+                    if self._committed:
+                        raise  # the client has the 200 already: no second upstream may answer
+                    error = failure
+                    delay = self._policy.retry_delay(failure, attempt)
+                    logger.warning(
+                        "upstream attempt failed stream=%s provider=%s model=%s code=%s retry_in=%s: %s",
+                        self.stream_id, target.provider_name, target.upstream_model, failure.code,
+                        "-" if delay is None else f"{delay:.3f}", failure.message,
+                    )  # fmt: skip
+                    if delay is None:
+                        break
+                    await asyncio.sleep(delay)
+                except BaseException:
+                    await attempt_stack.aclose()
+                    raise
+                else:
+                    upstream.push_async_exit(attempt_stack)
+                    self._served_by = target.provider_name
+                    return target, deltas, first
+            if not self._policy.falls_back(error):
+                break
+        raise error
+
+    async def _first_delta(self, target: Target, deltas: AsyncGenerator[Delta, None]) -> Delta:
+        """The first delta; if a keep-alive falls due first, commit to this target and keep waiting."""
+        pending = self._loop.create_task(_first_of(deltas))
+        try:
+            done, _ = await asyncio.wait((pending,), timeout=self._ping_interval)
+            if not done:
+                await self._commit(target)
+            return await pending
+        finally:
+            pending.cancel()
+
+    async def _commit(self, target: Target) -> None:
+        headers = [
+            *self._encoder.headers,
+            (b"x-tokenrelay-provider", target.provider_name.encode()),
+            (b"x-tokenrelay-model", target.upstream_model.encode()),
+        ]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         self._committed = True
         start = StartFrame(
             id=self.stream_id,
             model=self._route.public_model,
-            provider=self._route.provider_name,
+            provider=target.provider_name,
+            upstream_model=target.upstream_model,
             created=int(time.time()),
             request_id=self._request.request_id,
         )
-        await self._write(start)
+        self._last_write = self._loop.time()
+        await self._write(self._encoder.start(start))
+        self._arm_ping(self._ping_interval)
 
-    async def _relay(self, deltas: AsyncIterator[Delta]) -> Frame:
+    async def _relay(self, first: Delta, deltas: AsyncGenerator[Delta, None]) -> DoneFrame | ErrorFrame:
         finish_reason: str | None = None
         usage: TokenUsage | None = None
+        delta = first
         try:
-            async for delta in deltas:
-                if delta.reasoning:
-                    await self._write(ReasoningFrame(text=delta.reasoning))
-                if delta.text:
-                    self._completion_chars += len(delta.text)
-                    await self._write(TokenFrame(text=delta.text))
-                for call in delta.tool_calls:
-                    self._completion_chars += len(call.arguments)
-                    frame = ToolCallFrame(index=call.index, id=call.id, name=call.name, arguments=call.arguments)
-                    await self._write(frame)
+            while True:
+                self._completion_chars += len(delta.text) + sum(len(c.arguments) for c in delta.tool_calls)
+                await self._write(self._encoder.delta(delta))
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                 if delta.usage is not None:
                     usage = delta.usage
+                delta = await anext(deltas)
+        except StopAsyncIteration:
+            pass
         except ProxyError as error:
             return self._error_frame(error)
         if finish_reason is None:
@@ -180,9 +236,10 @@ class StreamRun:
         total = Usage(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens + usage.completion_tokens)
         return DoneFrame(finish_reason=finish_reason, usage=total, usage_source="provider")
 
-    async def _write(self, frame: Frame, *, more: bool = True) -> None:
-        body = self._transport.encode(frame, f"{self.stream_id}.{self._seq}", self._seq)
-        self._seq += 1
+    async def _write(self, body: bytes, *, more: bool = True) -> None:
+        if not body and more:
+            return
+        self._writes += 1
         now = self._last_write = self._loop.time()
         await self._send({"type": "http.response.body", "body": body, "more_body": more})
         if now - self._last_yield > YIELD_AFTER_SECONDS:
@@ -202,15 +259,15 @@ class StreamRun:
         idle = self._loop.time() - self._last_write
         if idle >= self._ping_interval:
             self._last_write = self._loop.time()
-            self._pings.add(ping := self._loop.create_task(self._send_ping(self._seq)))
+            self._pings.add(ping := self._loop.create_task(self._send_ping(self._writes)))
             ping.add_done_callback(self._pings.discard)
             idle = 0.0
         self._arm_ping(self._ping_interval - idle)
 
-    async def _send_ping(self, seq_when_due: int) -> None:
-        # A frame written since the ping fell due ended the silence: the ping would only add noise.
-        if not self._ended and self._seq == seq_when_due:
-            await self._send({"type": "http.response.body", "body": self._transport.keepalive, "more_body": True})
+    async def _send_ping(self, writes_when_due: int) -> None:
+        # A write since the ping fell due ended the silence: the ping would only add noise.
+        if not self._ended and self._writes == writes_when_due:
+            await self._send({"type": "http.response.body", "body": self._encoder.keepalive, "more_body": True})
 
     async def _refuse(self, error: ProxyError) -> None:
         self._outcome = error.code
@@ -222,24 +279,27 @@ class StreamRun:
 
     def _error_frame(self, error: ProxyError) -> ErrorFrame:
         return ErrorFrame(
-            code=error.code,
-            message=error.message,
-            retryable=error.retryable,
-            request_id=self._request.request_id,
+            code=error.code, message=error.message, retryable=error.retryable, request_id=self._request.request_id
         )
 
     def _finish(self) -> None:
-        self._ended = True
         logger.info(
-            "stream end id=%s request_id=%s model=%s provider=%s outcome=%s frames=%d seconds=%.3f",
+            "stream end id=%s request_id=%s model=%s provider=%s outcome=%s writes=%d seconds=%.3f",
             self.stream_id,
             self._request.request_id,
             self._route.public_model,
-            self._route.provider_name,
+            self._served_by,
             self._outcome,
-            self._seq,
+            self._writes,
             time.monotonic() - self._started,
         )
+
+
+async def _first_of(deltas: AsyncGenerator[Delta, None]) -> Delta:
+    try:
+        return await anext(deltas)
+    except StopAsyncIteration:
+        raise UpstreamError("the upstream ended the stream before sending anything") from None
 
 
 async def _not_started(message: object) -> None:

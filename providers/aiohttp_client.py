@@ -14,7 +14,7 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from providers.http_client import UpstreamTimeouts
+from providers.base import UpstreamTimeouts
 
 # Most specific first: the first entry that matches an exception decides its translation.
 EXCEPTION_MAP: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (

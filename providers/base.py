@@ -11,21 +11,55 @@ The iterator ends normally only when the upstream finished the answer: its last 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    """Seconds. `read` is the longest idle gap allowed between two body chunks."""
+
+    connect: float
+    first_byte: float
+    read: float
+    pool: float
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call an assistant message made earlier in the conversation."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """A conversation turn. `content` is text, or OpenAI-style content parts (`{"type": "text", ...}`)."""
+
     role: str
-    content: str
+    content: str | tuple[Mapping[str, Any], ...] | None
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = self.content or ()
+        return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """A chat request as providers see it: `model` is already the upstream's own model name."""
+    """A chat request as providers see it: `model` is already the upstream's own model name.
+
+    `tools` are OpenAI function-tool definitions; `extra` holds further OpenAI request fields that an
+    OpenAI-compatible upstream receives unchanged (other providers use what they can translate).
+    """
 
     model: str
     messages: tuple[Message, ...]
@@ -34,6 +68,10 @@ class ChatRequest:
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: Any = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    timeouts: UpstreamTimeouts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +97,9 @@ class Delta:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     finish_reason: str | None = None
     usage: TokenUsage | None = None
+    # The upstream's own Chat Completions chunks (JSON text) this delta came from, when it speaks that dialect:
+    # the OpenAI-compatible API relays them unchanged, so fields tokenrelay does not model are not lost.
+    raw: tuple[str, ...] = ()
 
 
 class Provider(Protocol):

@@ -25,7 +25,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def reply_for(messages: tuple[Message, ...]) -> str:
-    prompt = next((m.content for m in reversed(messages) if m.role == "user"), messages[-1].content)
+    prompt = next((m.text() for m in reversed(messages) if m.role == "user"), messages[-1].text())
     return f"Echo: {prompt}"
 
 
@@ -50,7 +50,7 @@ class EchoProvider:
             if delay > 0:
                 await anyio.sleep(delay)
             yield Delta(text=token)
-        prompt_tokens = sum(len(tokenize(m.content)) for m in request.messages)
+        prompt_tokens = sum(len(tokenize(m.text())) for m in request.messages)
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(tokens))
         yield Delta(finish_reason=finish_reason, usage=usage)
 

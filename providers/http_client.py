@@ -10,18 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from providers.base import UpstreamTimeouts
+
 HttpClientKind = Literal["httptools", "aiohttp", "httpx", "httpx-aiohttp"]
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTimeouts:
-    connect: float
-    first_byte: float
-    read: float
-    pool: float
 
 
 class UpstreamResponse(Protocol):

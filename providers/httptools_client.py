@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from app.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from providers.http_client import UpstreamTimeouts
+from providers.base import UpstreamTimeouts
 
 # Reading pauses when this much body is waiting for the relay: the upstream then feels the client's pace.
 _HIGH_WATER: Final = 256 * 1024

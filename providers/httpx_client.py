@@ -9,7 +9,7 @@ import anyio
 import httpx
 
 from app.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from providers.http_client import UpstreamTimeouts
+from providers.base import UpstreamTimeouts
 
 # Most specific first, as httpx's own map_httpcore_exceptions() picks the most specific class.
 EXCEPTION_MAP: tuple[tuple[type[Exception], type[ProxyError], str], ...] = (

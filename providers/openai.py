@@ -8,31 +8,19 @@ client is slower than the upstream, reads grow and frames get fewer and larger, 
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from email.utils import parsedate_to_datetime
+from dataclasses import replace
 from typing import Any
 
 import msgspec
 
-from app.errors import (
-    ProxyError,
-    UpstreamError,
-    UpstreamModelNotFound,
-    UpstreamRateLimited,
-    UpstreamRejectedRequest,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from app.errors import UpstreamError
 from app.settings import OpenAIProviderSettings
-from providers.base import ChatRequest, Delta, TokenUsage, ToolCallDelta
-from providers.http_client import HttpClient, UpstreamResponse, UpstreamTimeouts
+from providers.base import ChatRequest, Delta, Message, TokenUsage, ToolCallDelta, UpstreamTimeouts
+from providers.http_client import HttpClient, UpstreamResponse
 from providers.sse_decoder import ServerSentEvent, SSEDecoder
-
-ERROR_BODY_LIMIT = 64 * 1024
-DEFAULT_RETRY_AFTER_SECONDS = 1
+from providers.upstream_errors import error_message, status_error
 
 
 class _Function(msgspec.Struct):
@@ -74,13 +62,7 @@ class _Chunk(msgspec.Struct):
     error: _ErrorInfo | None = None
 
 
-class _ErrorEnvelope(msgspec.Struct):
-    error: _ErrorInfo | str | None = None
-    message: str | None = None
-
-
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
-_decode_error = msgspec.json.Decoder(_ErrorEnvelope).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -98,11 +80,12 @@ class OpenAIProvider:
     @asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncGenerator[Delta, None]]:
         headers = {**self._headers, "X-Request-ID": request.request_id}
+        timeouts = request.timeouts or self._timeouts
         async with self._http.post(
-            self._url, headers=headers, body=_request_body(request), timeouts=self._timeouts
+            self._url, headers=headers, body=_request_body(request), timeouts=timeouts
         ) as response:
             if response.status != 200:
-                raise await _status_error(response, request.model)
+                raise await status_error(response, request.model)
             yield _deltas(response)
 
     async def open(self) -> None:
@@ -114,11 +97,17 @@ class OpenAIProvider:
 
 def _request_body(request: ChatRequest) -> bytes:
     body: dict[str, Any] = {
+        **request.extra,
         "model": request.model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": [_message(m) for m in request.messages],
         "stream": True,
+        # Always asked, whatever the client asked: usage feeds accounting (the API strips it if not wanted).
         "stream_options": {"include_usage": True},
     }
+    if request.tools:
+        body["tools"] = list(request.tools)
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
@@ -128,6 +117,22 @@ def _request_body(request: ChatRequest) -> bytes:
     if request.stop is not None:
         body["stop"] = list(request.stop)
     return _encode(body)
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if isinstance(message.content, tuple):
+        out["content"] = list(message.content)
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
@@ -163,8 +168,12 @@ async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
 
 def _event_deltas(event: ServerSentEvent) -> list[Delta]:
     if event.event == "error":
-        raise UpstreamError(f"the upstream reported an error: {_error_message(event.data)}")
-    return _chunk_deltas(event.data)
+        raise UpstreamError(f"the upstream reported an error: {error_message(event.data)}")
+    deltas = _chunk_deltas(event.data)
+    # The chunk's own text rides on its first delta (an empty one if it carried nothing tokenrelay models).
+    first = deltas[0] if deltas else Delta()
+    deltas[:1] = [replace(first, raw=(event.data,))]
+    return deltas
 
 
 def _chunk_deltas(data: str) -> list[Delta]:
@@ -204,10 +213,10 @@ def _append_merged(pending: list[Delta], delta: Delta) -> None:
     if pending:
         last = pending[-1]
         if delta.text and last.text and _only_text(last) and _only_text(delta):
-            pending[-1] = Delta(text=last.text + delta.text)
+            pending[-1] = Delta(text=last.text + delta.text, raw=last.raw + delta.raw)
             return
         if delta.reasoning and last.reasoning and _only_reasoning(last) and _only_reasoning(delta):
-            pending[-1] = Delta(reasoning=last.reasoning + delta.reasoning)
+            pending[-1] = Delta(reasoning=last.reasoning + delta.reasoning, raw=last.raw + delta.raw)
             return
     pending.append(delta)
 
@@ -218,55 +227,3 @@ def _only_text(d: Delta) -> bool:
 
 def _only_reasoning(d: Delta) -> bool:
     return not (d.text or d.tool_calls or d.finish_reason or d.usage)
-
-
-_STATUS_ERRORS: dict[int, tuple[type[ProxyError], str]] = {
-    404: (UpstreamModelNotFound, "the upstream does not know the model"),
-    408: (UpstreamTimeout, "the upstream timed out the request"),
-}
-
-
-async def _status_error(response: UpstreamResponse, model: str) -> ProxyError:
-    status = response.status
-    if status in (401, 403):
-        # The upstream's explanation can quote (part of) the operator's key: it stays out of the response.
-        return UpstreamError(f"the upstream refused tokenrelay's credentials ({status}); check the provider's api_key")
-    detail = _error_message((await response.read(ERROR_BODY_LIMIT)).decode("utf-8", errors="replace"))
-    if status == 429:
-        retry_after = parse_retry_after(response.header("retry-after"))
-        return UpstreamRateLimited(f"the upstream is rate limiting: {detail}", retry_after=retry_after)
-    if status in _STATUS_ERRORS:
-        error_class, summary = _STATUS_ERRORS[status]
-        return error_class(f"{summary} (model {model!r}): {detail}")
-    if status >= 500:
-        return UpstreamUnavailable(f"the upstream failed ({status}): {detail}")
-    if status >= 400:
-        return UpstreamRejectedRequest(f"the upstream rejected the request ({status}): {detail}")
-    return UpstreamError(f"the upstream answered with an unexpected status {status}")
-
-
-def _error_message(body: str) -> str:
-    try:
-        envelope = _decode_error(body)
-    except msgspec.DecodeError:
-        return body.strip()[:500] or "no details"
-    if isinstance(envelope.error, _ErrorInfo) and envelope.error.message:
-        return envelope.error.message
-    if isinstance(envelope.error, str):
-        return envelope.error
-    return envelope.message or body.strip()[:500] or "no details"
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> int:
-    """Whole seconds from a `Retry-After` header (seconds or an HTTP date), at least 1."""
-    if value:
-        try:
-            return max(1, math.ceil(float(value)))
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError):
-            return DEFAULT_RETRY_AFTER_SECONDS
-        return max(1, math.ceil(when - (time.time() if now is None else now)))
-    return DEFAULT_RETRY_AFTER_SECONDS

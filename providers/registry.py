@@ -1,23 +1,30 @@
-"""Providers built from settings, and public model names resolved to (provider, upstream model)."""
+"""Providers built from settings, and public model names resolved to their ordered targets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from app.errors import ModelNotFound
-from app.settings import EchoProviderSettings, Settings
-from providers.base import Provider
+from app.settings import AnthropicProviderSettings, EchoProviderSettings, Settings, Timeouts
+from providers.anthropic import AnthropicProvider
+from providers.base import Provider, UpstreamTimeouts
 from providers.echo import EchoProvider
 from providers.http_client import build_http_client
 from providers.openai import OpenAIProvider
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    public_model: str
+class Target:
     provider_name: str
     upstream_model: str
     provider: Provider
+    timeouts: UpstreamTimeouts | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    public_model: str
+    targets: tuple[Target, ...]
 
 
 class ProviderRegistry:
@@ -29,16 +36,32 @@ class ProviderRegistry:
         for name, config in settings.providers.items():
             if isinstance(config, EchoProviderSettings):
                 self._providers[name] = EchoProvider(config)
+                continue
+            http = build_http_client(config.http_client, max_connections=config.max_connections)
+            if isinstance(config, AnthropicProviderSettings):
+                self._providers[name] = AnthropicProvider(config, http)
             else:
-                http = build_http_client(config.http_client, max_connections=config.max_connections)
                 self._providers[name] = OpenAIProvider(config, http)
+        self._routes = {
+            public: Route(
+                public,
+                tuple(
+                    Target(t.provider, t.model, self._providers[t.provider], _timeouts(t.timeouts))
+                    for t in route.targets
+                ),
+            )
+            for public, route in settings.models.items()
+        }
 
     def resolve(self, public_model: str | None) -> Route:
         name = public_model or self._settings.default_model
-        target = self._settings.models.get(name)
-        if target is None:
+        route = self._routes.get(name)
+        if route is None:
             raise ModelNotFound(f"unknown model {name!r}; GET /v1/models lists the available ones")
-        return Route(name, target.provider, target.model, self._providers[target.provider])
+        return route
+
+    def public_models(self) -> list[str]:
+        return list(self._routes)
 
     async def open(self) -> None:
         for provider in self._providers.values():
@@ -47,3 +70,9 @@ class ProviderRegistry:
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()
+
+
+def _timeouts(config: Timeouts | None) -> UpstreamTimeouts | None:
+    if config is None:
+        return None
+    return UpstreamTimeouts(connect=config.connect, first_byte=config.first_byte, read=config.read, pool=config.pool)

@@ -95,8 +95,11 @@ async def test_leaving_while_the_upstream_has_not_answered(upstream: FakeUpstrea
 async def test_leaving_after_the_stream_started(
     upstream: FakeUpstream, logs: RecordCollector, model: str, read_to: str, request_id: str
 ) -> None:
-    """Before the first token (the proxy waits on the upstream) and mid-stream (between two tokens)."""
-    with running_proxy(proxy_settings(upstream, model)) as base:
+    """Before the first token (the proxy waits on the upstream) and mid-stream (between two tokens).
+
+    With no delta yet, `start` goes out when the first keep-alive falls due (0.3 s here).
+    """
+    with running_proxy(proxy_settings(upstream, model, ping_interval=0.3)) as base:
         async with open_stream(base, model, request_id) as response:
             body = await read_until(response, read_to)
             record = await upstream_request(upstream, model)

@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from bench.fake_upstream import FakeUpstream
-from providers.http_client import UpstreamTimeouts
+from providers.base import UpstreamTimeouts
 from providers.httptools_client import HttptoolsClient
 
 pytestmark = pytest.mark.anyio

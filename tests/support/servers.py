@@ -34,13 +34,13 @@ def proxy_settings(
     providers: dict[str, ProviderSettings] = {
         "echo": EchoProviderSettings(type="echo", tokens_per_second=0, first_token_delay_ms=0)
     }
-    routes = {"echo": ModelRoute(provider="echo", model="echo")}
+    routes = {"echo": ModelRoute.model_validate({"provider": "echo", "model": "echo"})}
     if upstream is not None or base_url is not None:
         url = base_url or (upstream.base_url if upstream else "")
         providers["fake"] = OpenAIProviderSettings.model_validate(
             {"type": "openai", "base_url": url, "api_key": "sk-test-key", "timeouts": timeouts or Timeouts()}
         )
-        routes |= {m: ModelRoute(provider="fake", model=m) for m in models}
+        routes |= {m: ModelRoute.model_validate({"provider": "fake", "model": m}) for m in models}
     return Settings.model_validate(
         {
             "providers": providers,
