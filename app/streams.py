@@ -84,6 +84,7 @@ class StreamRun:
         self._last_write = 0.0
         self._last_yield = 0.0
         self._ping_timer: asyncio.TimerHandle | None = None
+        self._committing: asyncio.Task[None] | None = None
         self._pings: set[asyncio.Task[None]] = set()
         self._completion_chars = 0
         self._served_by = "-"
@@ -109,6 +110,8 @@ class StreamRun:
                 self._ping_timer.cancel()
             for ping in self._pings:
                 ping.cancel()
+            if self._committing is not None:
+                self._committing.cancel()
             # Cleanup is synchronous today; an awaited step added here must be shielded, since a second
             # cancellation (server shutdown) could otherwise interrupt it half-way.
             self._finish()
@@ -180,15 +183,22 @@ class StreamRun:
         raise error
 
     async def _first_delta(self, target: Target, deltas: AsyncGenerator[Delta, None]) -> Delta:
-        """The first delta; if a keep-alive falls due first, commit to this target and keep waiting."""
-        pending = self._loop.create_task(_first_of(deltas))
+        """The first delta; if a keep-alive falls due first, commit to this target meanwhile.
+
+        A timer, not a task per stream: in the common case the delta comes first and the timer never fires.
+        """
+        timer = self._loop.call_later(self._ping_interval, self._commit_due, target)
         try:
-            done, _ = await asyncio.wait((pending,), timeout=self._ping_interval)
-            if not done:
-                await self._commit(target)
-            return await pending
+            return await _first_of(deltas)
         finally:
-            pending.cancel()
+            timer.cancel()
+            if self._committing is not None:
+                # The commit is in flight or done: this target is the one the client was promised.
+                await asyncio.shield(self._committing)
+
+    def _commit_due(self, target: Target) -> None:
+        if not self._ended:
+            self._committing = self._loop.create_task(self._commit(target))
 
     async def _commit(self, target: Target) -> None:
         headers = [

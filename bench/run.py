@@ -265,7 +265,7 @@ def report(client: str, figures: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--client", default="aiohttp", choices=["httptools", "aiohttp", "httpx", "httpx-aiohttp"])
+    parser.add_argument("--client", default="httptools", choices=["httptools", "aiohttp", "httpx", "httpx-aiohttp"])
     parser.add_argument("--quick", action="store_true", help="fewer samples and 300 slow streams")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()

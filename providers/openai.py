@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -169,39 +168,31 @@ async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
 def _event_deltas(event: ServerSentEvent) -> list[Delta]:
     if event.event == "error":
         raise UpstreamError(f"the upstream reported an error: {error_message(event.data)}")
-    deltas = _chunk_deltas(event.data)
-    # The chunk's own text rides on its first delta (an empty one if it carried nothing tokenrelay models).
-    first = deltas[0] if deltas else Delta()
-    deltas[:1] = [replace(first, raw=(event.data,))]
-    return deltas
+    return [_chunk_delta(event.data)]
 
 
-def _chunk_deltas(data: str) -> list[Delta]:
+def _chunk_delta(data: str) -> Delta:
+    """One chunk as one delta, carrying the chunk's own text for lossless pass-through."""
     try:
         chunk = _decode_chunk(data)
     except msgspec.DecodeError as exc:
         raise UpstreamError(f"the upstream sent a malformed chunk: {exc}") from None
     if chunk.error is not None:
         raise UpstreamError(f"the upstream reported an error: {chunk.error.message or 'no message'}")
-    deltas: list[Delta] = []
+    text = reasoning = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    finish_reason: str | None = None
     for choice in chunk.choices:
         if choice.index != 0:
             continue  # one answer per stream: n > 1 is refused at the API surface
         body = choice.delta
         if body is not None:
-            reasoning = body.reasoning_content or body.reasoning
-            if reasoning:
-                deltas.append(Delta(reasoning=reasoning))
-            if body.content:
-                deltas.append(Delta(text=body.content))
-            if body.tool_calls:
-                deltas.append(Delta(tool_calls=tuple(_tool_call(c) for c in body.tool_calls)))
-        if choice.finish_reason is not None:
-            deltas.append(Delta(finish_reason=choice.finish_reason))
-    if chunk.usage is not None:
-        usage = TokenUsage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-        deltas.append(Delta(usage=usage))
-    return deltas
+            reasoning = body.reasoning_content or body.reasoning or ""
+            text = body.content or ""
+            tool_calls = tuple(_tool_call(c) for c in body.tool_calls or ())
+        finish_reason = choice.finish_reason
+    usage = None if chunk.usage is None else TokenUsage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+    return Delta(text, reasoning, tool_calls, finish_reason, usage, (data,))
 
 
 def _tool_call(call: _ToolCall) -> ToolCallDelta:
