@@ -1,15 +1,18 @@
-"""Turns a validated chat input into a `StreamRun` on the right provider."""
+"""Turns a validated request into a `StreamRun` on the right route, with the right wire encoder."""
 
 from __future__ import annotations
 
 import math
+import time
 
 from app.chat_input import ChatInput
+from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
+from app.openai_input import ChatCompletionInput
 from app.settings import Settings
 from app.sse_transport import SSEEncoder
-from app.streams import StreamRun, new_stream_id
+from app.streams import StreamEncoder, StreamRun, new_stream_id
 from providers.base import ChatRequest
-from providers.registry import ProviderRegistry
+from providers.registry import ProviderRegistry, Route
 from providers.retry import RetryPolicy
 
 
@@ -19,25 +22,57 @@ class ChatService:
         self._providers = providers
         self._policy = RetryPolicy.from_settings(settings.routing)
 
+    def public_models(self) -> list[str]:
+        return self._providers.public_models()
+
     def open_sse(self, chat: ChatInput, request_id: str) -> StreamRun:
+        """`/chat/stream`: tokenrelay's own SSE frames."""
         route = self._providers.resolve(chat.model)
-        messages = chat.conversation()
         request = ChatRequest(
             model=route.public_model,
-            messages=messages,
+            messages=chat.conversation(),
             request_id=request_id,
             max_tokens=chat.max_tokens,
             temperature=chat.temperature,
             top_p=chat.top_p,
             stop=chat.stop_sequences(),
         )
-        prompt_estimate = math.ceil(sum(len(m.text()) for m in messages) / 4)
         stream_id = new_stream_id()
+        return self._run(stream_id, route, request, SSEEncoder(stream_id, self._settings.stream.retry_ms))
+
+    def open_completion(self, chat: ChatCompletionInput, request_id: str) -> StreamRun:
+        """`/v1/chat/completions`: OpenAI chunks when `stream` is true, one `chat.completion` otherwise."""
+        route = self._providers.resolve(chat.model)
+        request = ChatRequest(
+            model=route.public_model,
+            messages=chat.conversation(),
+            request_id=request_id,
+            max_tokens=chat.max_completion_tokens or chat.max_tokens,
+            temperature=chat.temperature,
+            top_p=chat.top_p,
+            stop=chat.stop_sequences(),
+            tools=tuple(chat.tools or ()),
+            tool_choice=chat.tool_choice,
+            extra=chat.passthrough(),
+        )
+        stream_id, created = new_stream_id(), int(time.time())
+        encoder: StreamEncoder
+        if chat.stream:
+            encoder = OpenAIChunkEncoder(stream_id, route.public_model, created, chat.include_usage)
+        else:
+            encoder = CompletionEncoder(stream_id, created)
+        return self._run(stream_id, route, request, encoder, created)
+
+    def _run(
+        self, stream_id: str, route: Route, request: ChatRequest, encoder: StreamEncoder, created: int | None = None
+    ) -> StreamRun:
+        prompt_estimate = math.ceil(sum(len(m.text()) for m in request.messages) / 4)
         return StreamRun(
             stream_id=stream_id,
+            created=int(time.time()) if created is None else created,
             route=route,
             request=request,
-            encoder=SSEEncoder(stream_id, self._settings.stream.retry_ms),
+            encoder=encoder,
             policy=self._policy,
             ping_interval=self._settings.stream.ping_interval_seconds,
             prompt_estimate=prompt_estimate,

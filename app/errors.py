@@ -149,14 +149,34 @@ class ServerShutdown(InternalError):
     retryable = True
 
 
-class _ErrorDetail(msgspec.Struct, omit_defaults=True):
-    code: str
+# OpenAI's error `type` for each code, so that OpenAI clients classify tokenrelay's errors as they would OpenAI's.
+_OPENAI_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "model_not_found": "invalid_request_error",
+    "not_found": "invalid_request_error",
+    "method_not_allowed": "invalid_request_error",
+    "request_too_large": "invalid_request_error",
+    "unauthorized": "authentication_error",
+    "forbidden": "permission_error",
+    "rate_limited": "rate_limit_error",
+    "upstream_rate_limited": "rate_limit_error",
+}
+
+
+def error_type(code: str) -> str:
+    return _OPENAI_TYPES.get(code, "api_error")
+
+
+class _ErrorDetail(msgspec.Struct):
     message: str
-    request_id: str | None = None
+    type: str
+    param: str | None
+    code: str
+    request_id: str | None
     field: str | None = None
 
 
-class _ErrorBody(msgspec.Struct):
+class _ErrorBody(msgspec.Struct, omit_defaults=True):
     error: _ErrorDetail
 
 
@@ -164,7 +184,9 @@ _encoder = msgspec.json.Encoder()
 
 
 def error_body(error: ProxyError, request_id: str | None) -> bytes:
-    """The JSON body of an error response: `{"error":{"code","message","request_id"[,"field"]}}`."""
+    """The JSON body of an error response, one shape everywhere, readable by OpenAI clients:
+    `{"error":{"message","type","param","code","request_id"[,"field"]}}` (`field` and `param` name the input).
+    """
     field = error.field if isinstance(error, InvalidRequest) else None
-    detail = _ErrorDetail(code=error.code, message=error.message, request_id=request_id, field=field)
+    detail = _ErrorDetail(error.message, error_type(error.code), field, error.code, request_id, field)
     return _encoder.encode(_ErrorBody(detail))

@@ -11,6 +11,7 @@ from app.chat_service import ChatService
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz
+from app.routes.openai import chat_completions, list_models
 from app.settings import Settings, load_settings
 from middleware.correlation import CorrelationIdMiddleware
 from providers.registry import ProviderRegistry
@@ -25,7 +26,7 @@ def create_app(settings: Settings) -> Litestar:
         return chat_service
 
     app = Litestar(
-        route_handlers=[chat_stream_get, chat_stream_post, healthz],
+        route_handlers=[chat_stream_get, chat_stream_post, chat_completions, list_models, healthz],
         dependencies={"chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,

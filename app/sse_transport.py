@@ -23,6 +23,7 @@ class SSEEncoder:
 
     headers = SSE_HEADERS
     keepalive = PING
+    buffered = False
 
     def __init__(self, stream_id: str, retry_ms: int) -> None:
         self._stream_id = stream_id

@@ -44,6 +44,8 @@ class StreamEncoder(Protocol):
 
     headers: tuple[tuple[bytes, bytes], ...]
     keepalive: bytes
+    # True: the whole answer is collected and sent at the end (a non-stream API), with its real status.
+    buffered: bool
 
     def start(self, frame: StartFrame) -> bytes: ...
 
@@ -61,6 +63,7 @@ class StreamRun:
         self,
         *,
         stream_id: str,
+        created: int,
         route: Route,
         request: ChatRequest,
         encoder: StreamEncoder,
@@ -89,6 +92,8 @@ class StreamRun:
         self._completion_chars = 0
         self._served_by = "-"
         self._outcome = "disconnected"
+        self._failure: ProxyError | None = None
+        self.created = created
         self._started = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,13 +144,21 @@ class StreamRun:
                 await self._refuse(InternalError("tokenrelay failed to open the stream"))
                 return
             else:
-                if not self._committed:
+                if self._encoder.buffered:
+                    self._encoder.start(self._start_frame(target))
+                elif not self._committed:
                     await self._commit(target)
                 async with aclosing(deltas):
                     terminal = await self._relay(first, deltas)
         self._ended = True
         self._outcome = terminal.event
-        await self._write(self._encoder.end(terminal), more=False)
+        if not self._encoder.buffered:
+            await self._write(self._encoder.end(terminal), more=False)
+        elif self._failure is not None:
+            await self._refuse(self._failure)
+        else:
+            await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
+            await self._write(self._encoder.end(terminal), more=False)
 
     async def _open(self, upstream: AsyncExitStack) -> tuple[Target, AsyncGenerator[Delta, None], Delta]:
         """Try the route's targets in order, with retries, until one produces a first delta."""
@@ -187,6 +200,8 @@ class StreamRun:
 
         A timer, not a task per stream: in the common case the delta comes first and the timer never fires.
         """
+        if self._encoder.buffered:
+            return await _first_of(deltas)
         timer = self._loop.call_later(self._ping_interval, self._commit_due, target)
         try:
             return await _first_of(deltas)
@@ -201,24 +216,28 @@ class StreamRun:
             self._committing = self._loop.create_task(self._commit(target))
 
     async def _commit(self, target: Target) -> None:
-        headers = [
+        await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
+        self._committed = True
+        self._last_write = self._loop.time()
+        await self._write(self._encoder.start(self._start_frame(target)))
+        self._arm_ping(self._ping_interval)
+
+    def _headers(self, target: Target) -> list[tuple[bytes, bytes]]:
+        return [
             *self._encoder.headers,
             (b"x-tokenrelay-provider", target.provider_name.encode()),
             (b"x-tokenrelay-model", target.upstream_model.encode()),
         ]
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-        self._committed = True
-        start = StartFrame(
+
+    def _start_frame(self, target: Target) -> StartFrame:
+        return StartFrame(
             id=self.stream_id,
             model=self._route.public_model,
             provider=target.provider_name,
             upstream_model=target.upstream_model,
-            created=int(time.time()),
+            created=self.created,
             request_id=self._request.request_id,
         )
-        self._last_write = self._loop.time()
-        await self._write(self._encoder.start(start))
-        self._arm_ping(self._ping_interval)
 
     async def _relay(self, first: Delta, deltas: AsyncGenerator[Delta, None]) -> DoneFrame | ErrorFrame:
         finish_reason: str | None = None
@@ -288,6 +307,7 @@ class StreamRun:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     def _error_frame(self, error: ProxyError) -> ErrorFrame:
+        self._failure = error
         return ErrorFrame(
             code=error.code, message=error.message, retryable=error.retryable, request_id=self._request.request_id
         )
