@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from bench.fake_upstream import FakeUpstream
+from tests.support.logs import RecordCollector, collect_logs
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    """The fake OpenAI-compatible upstream, replaying tests/fixtures/openai/*.sse by model name."""
+    transcripts = {p.stem: p.read_bytes() for p in (FIXTURES / "openai").glob("*.sse")}
+    fake = FakeUpstream(transcripts).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def logs() -> Iterator[RecordCollector]:
+    with collect_logs() as collector:
+        yield collector
