@@ -20,8 +20,9 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:
-    """The fake OpenAI-compatible upstream, replaying tests/fixtures/openai/*.sse by model name."""
+    """The fake upstream, replaying tests/fixtures/openai/*.sse and anthropic/*.sse (`anthropic_<name>`) by model."""
     transcripts = {p.stem: p.read_bytes() for p in (FIXTURES / "openai").glob("*.sse")}
+    transcripts |= {f"anthropic_{p.stem}": p.read_bytes() for p in (FIXTURES / "anthropic").glob("*.sse")}
     fake = FakeUpstream(transcripts).start()
     yield fake
     fake.stop()
