@@ -26,12 +26,27 @@ USER = [{"role": "user", "content": "hi"}]
 
 
 @asynccontextmanager
-async def open_stream(base: str, model: str, request_id: str) -> AsyncIterator[httpx.Response]:
+async def open_stream(
+    base: str, model: str, request_id: str, path: str = "/chat/stream"
+) -> AsyncIterator[httpx.Response]:
     async with httpx.AsyncClient(timeout=10) as client:
-        body = {"model": model, "messages": USER}
+        body = (
+            {"model": model, "messages": USER, "stream": True}
+            if path.startswith("/v1")
+            else {"model": model, "messages": USER}
+        )
         headers = {"X-Request-ID": request_id}
-        async with client.stream("POST", f"{base}/chat/stream", json=body, headers=headers) as response:
+        async with client.stream("POST", f"{base}{path}", json=body, headers=headers) as response:
             yield response
+
+
+async def read_until_bytes(response: httpx.Response, marker: bytes) -> AsyncIterator[bytes]:
+    """Read until `marker` has arrived; return the body iterator (see `read_until`)."""
+    seen = b""
+    chunks = response.aiter_raw()
+    while marker not in seen:
+        seen += await chunks.__anext__()
+    return chunks
 
 
 async def read_until(response: httpx.Response, kind: str) -> AsyncIterator[bytes]:
@@ -121,3 +136,15 @@ async def test_leaving_while_the_proxy_is_blocked_writing(upstream: FakeUpstream
             del body
         await assert_hung_up(record, left_at)
     assert_cleaned_up_once(logs, "leave-while-blocked")
+
+
+async def test_leaving_the_openai_stream_mid_answer(upstream: FakeUpstream, logs: RecordCollector) -> None:
+    model = "gen?n=1000&gap_ms=20"
+    with running_proxy(proxy_settings(upstream, model)) as base:
+        async with open_stream(base, model, "leave-v1", path="/v1/chat/completions") as response:
+            body = await read_until_bytes(response, b'"content":" t1"')
+            record = await upstream_request(upstream, model)
+            left_at = time.monotonic()
+            del body
+        await assert_hung_up(record, left_at)
+    assert_cleaned_up_once(logs, "leave-v1")
