@@ -144,12 +144,15 @@ class StreamRun:
                 await self._refuse(InternalError("tokenrelay failed to open the stream"))
                 return
             else:
+                pending: Delta | None = first
                 if self._encoder.buffered:
                     self._encoder.start(self._start_frame(target))
                 elif not self._committed:
-                    await self._commit(target)
+                    # The start and the first delta leave in one write: one send less before the first token.
+                    await self._commit(target, first)
+                    pending = None
                 async with aclosing(deltas):
-                    terminal = await self._relay(first, deltas)
+                    terminal = await self._relay(first, pending is not None, deltas)
         self._ended = True
         self._outcome = terminal.event
         if not self._encoder.buffered:
@@ -215,11 +218,14 @@ class StreamRun:
         if not self._ended:
             self._committing = self._loop.create_task(self._commit(target))
 
-    async def _commit(self, target: Target) -> None:
+    async def _commit(self, target: Target, first: Delta | None = None) -> None:
         await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
         self._committed = True
         self._last_write = self._loop.time()
-        await self._write(self._encoder.start(self._start_frame(target)))
+        body = self._encoder.start(self._start_frame(target))
+        if first is not None:
+            body += self._encoder.delta(first)
+        await self._write(body)
         self._arm_ping(self._ping_interval)
 
     def _headers(self, target: Target) -> list[tuple[bytes, bytes]]:
@@ -239,14 +245,18 @@ class StreamRun:
             request_id=self._request.request_id,
         )
 
-    async def _relay(self, first: Delta, deltas: AsyncGenerator[Delta, None]) -> DoneFrame | ErrorFrame:
+    async def _relay(
+        self, first: Delta, write_first: bool, deltas: AsyncGenerator[Delta, None]
+    ) -> DoneFrame | ErrorFrame:
         finish_reason: str | None = None
         usage: TokenUsage | None = None
-        delta = first
+        delta, write = first, write_first
         try:
             while True:
                 self._completion_chars += len(delta.text) + sum(len(c.arguments) for c in delta.tool_calls)
-                await self._write(self._encoder.delta(delta))
+                if write:
+                    await self._write(self._encoder.delta(delta))
+                write = True
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                 if delta.usage is not None:
