@@ -197,7 +197,7 @@ async def measure(direct: Target, proxy: Target, proxy_pid: int, quick: bool) ->
         await run_concurrent(target, TTFT_MODEL, 4, 2)
 
     # (a) TTFT, interleaved per round
-    for concurrency, per_worker in ((1, sequential), (32, 3 if quick else 6)):
+    for concurrency, per_worker in ((1, sequential), (32, 3 if quick else 12)):
         samples: dict[str, list[float]] = {"direct": [], "proxy": []}
         for _ in range(rounds):
             for target in (direct, proxy):
