@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 
 from app.chat_service import ChatService
@@ -14,7 +15,18 @@ from app.routes.health import healthz
 from app.routes.openai import chat_completions, list_models
 from app.settings import Settings, load_settings
 from middleware.correlation import CorrelationIdMiddleware
+from middleware.security_headers import SecurityHeadersMiddleware, security_headers
 from providers.registry import ProviderRegistry
+
+EXPOSED_HEADERS = (
+    "x-request-id",
+    "x-tokenrelay-provider",
+    "x-tokenrelay-model",
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -25,7 +37,22 @@ def create_app(settings: Settings) -> Litestar:
     def provide_chat_service() -> ChatService:
         return chat_service
 
+    cors = settings.security.cors
+    cors_config = (
+        CORSConfig(
+            allow_origins=list(cors.allow_origins),
+            allow_methods=list(cors.allow_methods),  # type: ignore[arg-type]
+            allow_headers=list(cors.allow_headers),
+            allow_credentials=cors.allow_credentials,
+            # Browser code may read what it needs to correlate and to back off.
+            expose_headers=list(EXPOSED_HEADERS),
+            max_age=cors.max_age_seconds,
+        )
+        if cors.allow_origins
+        else None
+    )
     app = Litestar(
+        cors_config=cors_config,
         route_handlers=[chat_stream_get, chat_stream_post, chat_completions, list_models, healthz],
         dependencies={"chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
@@ -36,7 +63,8 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,
     )
     # Litestar runs its middleware only on matched routes; wrapping the handler covers 404 and 405 too.
-    app.asgi_handler = CorrelationIdMiddleware(app.asgi_handler)
+    headers = security_headers(settings.security.headers)
+    app.asgi_handler = CorrelationIdMiddleware(SecurityHeadersMiddleware(app.asgi_handler, headers))
     return app
 
 

@@ -54,6 +54,45 @@ class LimitSettings(_Frozen):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
 
 
+class SecurityHeaderSettings(_Frozen):
+    """Sent on every response, errors and streams included. An empty value leaves that header out."""
+
+    content_security_policy: str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+    strict_transport_security: str = "max-age=63072000; includeSubDomains"
+    x_frame_options: str = "DENY"
+    referrer_policy: str = "no-referrer"
+    cross_origin_opener_policy: str = "same-origin"
+    cross_origin_resource_policy: str = "same-origin"
+
+
+class CorsSettings(_Frozen):
+    """Cross-origin browser access; none unless origins are listed."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    allow_headers: tuple[str, ...] = (
+        "authorization",
+        "content-type",
+        "x-api-key",
+        "x-request-id",
+        "x-correlation-id",
+        "last-event-id",
+    )
+    max_age_seconds: int = Field(default=600, ge=0)
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow_origins '*' cannot be combined with allow_credentials: list the origins")
+        return self
+
+
+class SecuritySettings(_Frozen):
+    headers: SecurityHeaderSettings = SecurityHeaderSettings()
+    cors: CorsSettings = CorsSettings()
+
+
 class Timeouts(_Frozen):
     """Upstream timeouts, in seconds. `read` is the longest idle gap allowed between two body chunks."""
 
@@ -160,6 +199,7 @@ class Settings(_Frozen):
     stream: StreamSettings = StreamSettings()
     limits: LimitSettings = LimitSettings()
     routing: RoutingSettings = RoutingSettings()
+    security: SecuritySettings = SecuritySettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=_default_providers)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
     default_model: str = "echo"
