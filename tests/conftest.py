@@ -9,6 +9,7 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream
 from tests.support.logs import RecordCollector, collect_logs
+from tests.support.redis_server import RedisServer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -32,3 +33,11 @@ def upstream() -> Iterator[FakeUpstream]:
 def logs() -> Iterator[RecordCollector]:
     with collect_logs() as collector:
         yield collector
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the whole session; tests isolate themselves by key prefix."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
