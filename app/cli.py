@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -32,10 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v}
     server = settings.server.model_copy(update=overrides)
     settings = settings.model_copy(update={"server": server})
-    if server.workers > 1:
+    if server.workers > 1 and not settings.state.redis_url:
         print(
-            "tokenrelay: several workers need shared state (Redis), which this version does not support yet; "
-            "run one worker per process",
+            "tokenrelay: several workers need shared state: set state.redis_url (or REDIS_URL), "
+            "or run one worker per process",
             file=sys.stderr,
         )
         return 2
@@ -48,16 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_app(settings: Settings) -> None:
-    """Run the server in this process until it is told to stop."""
-    uvicorn.run(
-        create_server_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        timeout_graceful_shutdown=settings.server.graceful_shutdown_seconds,
-    )
+    """Run the server in this process (one worker) or in `server.workers` worker processes, until stopped."""
+    server = settings.server
+    options: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "timeout_graceful_shutdown": server.graceful_shutdown_seconds,
+        # X-Forwarded-For is judged by limits.trusted_proxies alone; uvicorn would otherwise trust 127.0.0.1.
+        "proxy_headers": False,
+    }
+    if server.workers > 1:
+        # Each worker builds its own app from the same configuration file (a factory, by import path).
+        uvicorn.run("app.factory:create_app_from_environment", factory=True, workers=server.workers, **options)
+    else:
+        uvicorn.run(create_server_app(settings), **options)
 
 
 if __name__ == "__main__":

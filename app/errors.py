@@ -16,7 +16,9 @@
     │   ├── UpstreamRateLimited          429 upstream_rate_limited (+ Retry-After)
     │   ├── UpstreamModelNotFound        404 model_not_found (the upstream does not know the model)
     │   └── UpstreamRejectedRequest      400 invalid_request (the upstream refused the parameters)
-    └── InternalError                    fault: proxy; 500 internal, 503 server_shutdown
+    └── InternalError                    fault: proxy; 500 internal
+        ├── LimitsUnavailable            503 internal (limits store down, fail_closed)
+        └── ServerShutdown               503 server_shutdown
 
 Before a stream's 200 is committed an error becomes its HTTP status and a JSON body; after it, an `error`
 frame carrying the same code. Transport exceptions are translated to this tree in one place per HTTP client
@@ -44,10 +46,14 @@ class ProxyError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.extra_headers: dict[str, str] = {}
 
     def response_headers(self) -> dict[str, str]:
         """Headers the HTTP error response must carry besides its JSON body."""
-        return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
+        headers = dict(self.extra_headers)
+        if self.retry_after is not None:
+            headers["retry-after"] = str(self.retry_after)
+        return headers
 
 
 class CallerError(ProxyError):
@@ -141,6 +147,13 @@ class UpstreamRejectedRequest(UpstreamError):
 
 class InternalError(ProxyError):
     pass
+
+
+class LimitsUnavailable(InternalError):
+    """The shared rate-limit store is down and the proxy is configured to fail closed."""
+
+    status = 503
+    retryable = True
 
 
 class ServerShutdown(InternalError):

@@ -8,8 +8,13 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 
+from app.backends.base import Backend
+from app.backends.memory import MemoryBackend
+from app.backends.redis import RedisBackend
 from app.chat_service import ChatService
 from app.error_handlers import EXCEPTION_HANDLERS
+from app.limits import Limiter
+from app.logs import configure_logging
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz
 from app.routes.openai import chat_completions, list_models
@@ -32,7 +37,8 @@ EXPOSED_HEADERS = (
 def create_app(settings: Settings) -> Litestar:
     """Build the application. Nothing here does I/O: upstream pools open at startup and close at shutdown."""
     providers = ProviderRegistry(settings)
-    chat_service = ChatService(settings, providers)
+    limiter = Limiter(settings.limits, _backend(settings))
+    chat_service = ChatService(settings, providers, limiter)
 
     def provide_chat_service() -> ChatService:
         return chat_service
@@ -57,8 +63,8 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,
-        on_startup=[providers.open],
-        on_shutdown=[providers.aclose],
+        on_startup=[providers.open, limiter.open],
+        on_shutdown=[providers.aclose, limiter.aclose],
         openapi_config=None,
         logging_config=None,
     )
@@ -68,8 +74,16 @@ def create_app(settings: Settings) -> Litestar:
     return app
 
 
+def _backend(settings: Settings) -> Backend:
+    state = settings.state
+    if state.redis_url:
+        return RedisBackend(state.redis_url, key_prefix=state.key_prefix, timeout=state.redis_timeout_seconds)
+    return MemoryBackend()
+
+
 def create_app_from_environment() -> Litestar:
     """The factory uvicorn calls in each worker process (`TOKENRELAY_CONFIG` names the file)."""
+    configure_logging()  # a worker process starts with no logging configured
     return create_server_app(load_settings())
 
 

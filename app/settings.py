@@ -51,7 +51,23 @@ class StreamSettings(_Frozen):
 
 
 class LimitSettings(_Frozen):
+    """Per principal (API key, else session, else client address). 0 turns a limit off."""
+
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    requests_per_minute: int = Field(default=60, ge=0)
+    concurrent_streams: int = Field(default=4, ge=0)
+    tokens_per_minute: int = Field(default=0, ge=0)
+    lease_ttl_seconds: float = Field(default=30, gt=0, description="an open stream's lease, renewed while it runs")
+    on_backend_failure: Literal["fail_open", "fail_closed"] = "fail_open"
+    trusted_proxies: tuple[str, ...] = Field(default=(), description="addresses whose X-Forwarded-For is believed")
+
+
+class StateSettings(_Frozen):
+    """Where shared state lives: Redis when `redis_url` is set (several workers and replicas), else in-process."""
+
+    redis_url: str = ""
+    key_prefix: str = "tokenrelay:"
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
 
 
 class SecurityHeaderSettings(_Frozen):
@@ -200,6 +216,7 @@ class Settings(_Frozen):
     limits: LimitSettings = LimitSettings()
     routing: RoutingSettings = RoutingSettings()
     security: SecuritySettings = SecuritySettings()
+    state: StateSettings = StateSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=_default_providers)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
     default_model: str = "echo"

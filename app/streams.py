@@ -30,6 +30,7 @@ from litestar.types import Receive, Scope, Send
 
 from app.errors import InternalError, ProxyError, UpstreamError, error_body
 from app.frames import DoneFrame, ErrorFrame, StartFrame, Usage
+from app.limits import Admission
 from providers.base import ChatRequest, Delta, TokenUsage
 from providers.registry import Route, Target
 from providers.retry import RetryPolicy
@@ -64,6 +65,7 @@ class StreamRun:
         *,
         stream_id: str,
         created: int,
+        admission: Admission | None,
         route: Route,
         request: ChatRequest,
         encoder: StreamEncoder,
@@ -72,6 +74,7 @@ class StreamRun:
         prompt_estimate: int,
     ) -> None:
         self.stream_id = stream_id
+        self._admission = admission
         self._route = route
         self._request = request
         self._encoder = encoder
@@ -93,6 +96,7 @@ class StreamRun:
         self._served_by = "-"
         self._outcome = "disconnected"
         self._failure: ProxyError | None = None
+        self._usage: Usage | None = None
         self.created = created
         self._started = time.monotonic()
 
@@ -117,9 +121,10 @@ class StreamRun:
                 ping.cancel()
             if self._committing is not None:
                 self._committing.cancel()
-            # Cleanup is synchronous today; an awaited step added here must be shielded, since a second
-            # cancellation (server shutdown) could otherwise interrupt it half-way.
             self._finish()
+            if self._admission is not None:
+                # Shielded: a second cancellation (server shutdown) must not stop the lease's release half-way.
+                await asyncio.shield(self._admission.close(self._used_tokens()))
 
     async def _cancel_on_disconnect(self, receive: Receive, task: asyncio.Task[None]) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -231,6 +236,7 @@ class StreamRun:
     def _headers(self, target: Target) -> list[tuple[bytes, bytes]]:
         return [
             *self._encoder.headers,
+            *self._limit_headers(),
             (b"x-tokenrelay-provider", target.provider_name.encode()),
             (b"x-tokenrelay-model", target.upstream_model.encode()),
         ]
@@ -273,6 +279,7 @@ class StreamRun:
             total = Usage(self._prompt_estimate, completion, self._prompt_estimate + completion)
             return DoneFrame(finish_reason=finish_reason, usage=total, usage_source="estimated")
         total = Usage(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens + usage.completion_tokens)
+        self._usage = total
         return DoneFrame(finish_reason=finish_reason, usage=total, usage_source="provider")
 
     async def _write(self, body: bytes, *, more: bool = True) -> None:
@@ -310,11 +317,21 @@ class StreamRun:
 
     async def _refuse(self, error: ProxyError) -> None:
         self._outcome = error.code
-        headers = [(b"content-type", b"application/json")]
+        headers = [(b"content-type", b"application/json"), *self._limit_headers()]
         headers += [(k.encode(), v.encode()) for k, v in error.response_headers().items()]
         await self._send({"type": "http.response.start", "status": error.status, "headers": headers})
         body = error_body(error, self._request.request_id)
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _limit_headers(self) -> list[tuple[bytes, bytes]]:
+        if self._admission is None:
+            return []
+        return [(k.encode(), v.encode()) for k, v in self._admission.headers.items()]
+
+    def _used_tokens(self) -> int:
+        if self._usage is not None:
+            return self._usage.total_tokens
+        return self._prompt_estimate + math.ceil(self._completion_chars / 4)  # partial, on cancel or error
 
     def _error_frame(self, error: ProxyError) -> ErrorFrame:
         self._failure = error

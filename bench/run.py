@@ -287,7 +287,7 @@ def main() -> None:
             proxy_cmd = [
                 sys.executable, "-m", "uvicorn", "app.factory:create_app_from_environment", "--factory",
                 "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1", "--port", str(proxy_port),
-                "--no-access-log", "--log-level", "warning", "--backlog", "4096",
+                "--no-access-log", "--log-level", "warning", "--backlog", "4096", "--no-proxy-headers",
             ]  # fmt: skip
             with process(proxy_cmd, {**env, "TOKENRELAY_CONFIG": str(config)}, 0 if two_cores else None) as proxy:
                 direct = Target("direct", "127.0.0.1", upstream_port, "/v1/chat/completions", b"[DONE]")

@@ -16,10 +16,12 @@ from app.request_context import request_id_of
 @get("/chat/stream")
 async def chat_stream_get(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
     chat = parse_query(request.query_params)
-    return chat_service.open_sse(chat, request_id_of(request.scope))
+    principal = chat_service.principal(request.client.host if request.client else None, request.headers)
+    return await chat_service.open_sse(chat, request_id_of(request.scope), principal)
 
 
 @post("/chat/stream", status_code=200)
 async def chat_stream_post(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
     chat = parse_json_body(await request.body(), request.headers.get("content-type"))
-    return chat_service.open_sse(chat, request_id_of(request.scope))
+    principal = chat_service.principal(request.client.host if request.client else None, request.headers)
+    return await chat_service.open_sse(chat, request_id_of(request.scope), principal)

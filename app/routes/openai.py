@@ -16,7 +16,8 @@ from app.request_context import request_id_of
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
     chat = parse_chat_completion(await request.body(), request.headers.get("content-type"))
-    return chat_service.open_completion(chat, request_id_of(request.scope))
+    principal = chat_service.principal(request.client.host if request.client else None, request.headers)
+    return await chat_service.open_completion(chat, request_id_of(request.scope), principal)
 
 
 @get("/v1/models", sync_to_thread=False)

@@ -29,6 +29,8 @@ def proxy_settings(
     ping_interval: float = 15.0,
     timeouts: Timeouts | None = None,
     max_body_bytes: int = 1024 * 1024,
+    limits: dict[str, object] | None = None,
+    redis_url: str = "",
 ) -> Settings:
     """Settings whose public model names are the fake upstream's scenario names (see bench/fake_upstream.py)."""
     providers: dict[str, ProviderSettings] = {
@@ -47,7 +49,14 @@ def proxy_settings(
             "models": routes,
             "default_model": "echo",
             "stream": StreamSettings(ping_interval_seconds=ping_interval),
-            "limits": {"max_body_bytes": max_body_bytes},
+            # Limits are off unless a test is about them: other tests make many requests from one address.
+            "limits": {
+                "max_body_bytes": max_body_bytes,
+                "requests_per_minute": 0,
+                "concurrent_streams": 0,
+                **(limits or {}),
+            },
+            "state": {"redis_url": redis_url},
         }
     )
 
@@ -68,6 +77,7 @@ def running_proxy(settings: Settings) -> Iterator[str]:
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=2,
+        proxy_headers=False,  # as tokenrelay serve runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy", daemon=True)

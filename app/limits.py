@@ -1,0 +1,144 @@
+"""Admission: the per-principal limits a stream must pass before anything is sent upstream.
+
+Three limits, each 0 when off: requests per minute (`hit`), open streams (`acquire`, one lease per stream, renewed
+by a per-process heartbeat, released when the stream ends in any way, expiring by TTL if the process dies) and
+tokens per minute (`reserve` the prompt estimate plus `max_tokens` at admission, `settle` with the real usage at
+the end). If the shared store fails, `fail_open` decides with an in-process fallback (logged) and `fail_closed`
+refuses with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from app.backends.base import Backend, BackendUnavailable, Decision
+from app.backends.memory import MemoryBackend
+from app.errors import LimitsUnavailable, RateLimited
+from app.settings import LimitSettings
+
+logger = logging.getLogger("tokenrelay.limits")
+
+WINDOW_SECONDS = 60.0
+
+
+class Admission:
+    """What one stream was granted. `close()` gives it back, once, however the stream ended."""
+
+    def __init__(
+        self, limiter: Limiter, principal: str, lease: str | None, reserved: int, headers: dict[str, str]
+    ) -> None:
+        self._limiter = limiter
+        self.principal = principal
+        self._lease = lease
+        self._reserved = reserved
+        self.headers = headers
+        self._closed = False
+
+    async def close(self, used_tokens: int) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._limiter.give_back(self.principal, self._lease, self._reserved, used_tokens)
+
+
+class Limiter:
+    def __init__(self, settings: LimitSettings, backend: Backend) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._fallback = MemoryBackend()
+        self._leases: set[tuple[str, str]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.fallback_decisions = 0  # decisions made locally because the shared store failed
+
+    async def open(self) -> None:
+        await self._backend.open()
+        if self._settings.concurrent_streams:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
+
+    async def aclose(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self._backend.aclose()
+
+    async def admit(self, principal: str, stream_id: str, token_estimate: int) -> Admission:
+        limits = self._settings
+        headers: dict[str, str] = {}
+        if limits.requests_per_minute:
+            decision = await self._decide(lambda b: b.hit(principal, limits.requests_per_minute, WINDOW_SECONDS))
+            headers = _headers(decision)
+            if not decision.allowed:
+                raise _refused("requests per minute", decision, headers)
+        lease: str | None = None
+        if limits.concurrent_streams:
+            ttl = limits.lease_ttl_seconds
+            decision = await self._decide(lambda b: b.acquire(principal, stream_id, limits.concurrent_streams, ttl))
+            if not decision.allowed:
+                raise _refused("open streams", decision, headers)
+            lease = stream_id
+            self._leases.add((principal, stream_id))
+        reserved = 0
+        if limits.tokens_per_minute:
+            amount, budget = min(token_estimate, limits.tokens_per_minute), limits.tokens_per_minute
+            decision = await self._decide(lambda b: b.reserve(principal, amount, budget, WINDOW_SECONDS))
+            if not decision.allowed:
+                await self.give_back(principal, lease, 0, 0)
+                raise _refused("tokens per minute", decision, headers)
+            reserved = amount
+        return Admission(self, principal, lease, reserved, headers)
+
+    async def give_back(self, principal: str, lease: str | None, reserved: int, used_tokens: int) -> None:
+        if lease is not None:
+            self._leases.discard((principal, lease))
+            await self._quietly(lambda b: b.release(principal, lease))
+        if reserved:
+            limit = self._settings.tokens_per_minute
+            await self._quietly(lambda b: b.settle(principal, reserved, used_tokens, limit, WINDOW_SECONDS))
+
+    async def _decide(self, call: Callable[[Backend], Awaitable[Decision]]) -> Decision:
+        try:
+            return await call(self._backend)
+        except BackendUnavailable as exc:
+            if self._settings.on_backend_failure == "fail_closed":
+                logger.warning("rate-limit store unavailable, refusing (fail_closed): %s", exc)
+                raise LimitsUnavailable("rate limiting is unavailable; try again shortly", retry_after=1) from exc
+            self.fallback_decisions += 1
+            logger.warning("rate-limit store unavailable, deciding locally (fail_open): %s", exc)
+            return await call(self._fallback)
+
+    async def _quietly(self, call: Callable[[Backend], Awaitable[object]]) -> None:
+        # Giving back never fails a stream: a lease the store did not hear about expires by its TTL.
+        try:
+            await call(self._backend)
+        except BackendUnavailable as exc:
+            logger.warning("rate-limit store unavailable while releasing: %s", exc)
+        await call(self._fallback)
+
+    async def _renew_leases(self) -> None:
+        ttl = self._settings.lease_ttl_seconds
+        while True:
+            await asyncio.sleep(ttl / 3)
+            for principal, lease in list(self._leases):
+                with contextlib.suppress(BackendUnavailable):
+                    await self._backend.renew(principal, lease, ttl)
+
+
+def _headers(decision: Decision) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit": str(decision.limit),
+        "x-ratelimit-remaining": str(max(0, decision.remaining)),
+        "x-ratelimit-reset": str(math.ceil(time.time() + decision.reset_after)),
+    }
+
+
+def _refused(what: str, decision: Decision, headers: dict[str, str]) -> RateLimited:
+    retry_after = max(1, math.ceil(decision.reset_after))
+    error = RateLimited(f"rate limit reached: {what} ({decision.limit})", retry_after=retry_after)
+    error.extra_headers = headers or _headers(decision)
+    return error

@@ -1,0 +1,104 @@
+"""Rate limits over real HTTP, with the in-process store and with a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.fake_upstream import FakeUpstream
+from tests.support.client import post_stream
+from tests.support.redis_server import RedisServer
+from tests.support.servers import proxy_settings, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    return "" if request.param == "memory" else redis_server.url
+
+
+def settings_for(store: str, upstream: FakeUpstream | None = None, *models: str, **limits: Any) -> Any:
+    settings = proxy_settings(upstream, *models, limits=limits, redis_url=store)
+    # Each test its own keys in the shared Redis.
+    return settings.model_copy(
+        update={"state": settings.state.model_copy(update={"key_prefix": f"t-{uuid.uuid4().hex}:"})}
+    )
+
+
+async def test_requests_per_minute_with_headers(store: str) -> None:
+    with running_proxy(settings_for(store, requests_per_minute=3)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            responses = [await client.post(f"{base}/chat/stream", json={"prompt": "hi"}) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    assert [r.headers["x-ratelimit-remaining"] for r in responses] == ["2", "1", "0", "0"]
+    assert all(r.headers["x-ratelimit-limit"] == "3" for r in responses)
+    refused = responses[-1]
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 20
+    assert int(refused.headers["x-ratelimit-reset"]) > 0
+    assert responses[0].headers["content-type"].startswith("text/event-stream")
+
+
+async def test_concurrent_streams_lease_is_released_on_done_error_and_disconnect(
+    store: str, upstream: FakeUpstream
+) -> None:
+    slow, failing = "gen?n=50&gap_ms=20", "cutoff?n=1&mode=abrupt"
+    with running_proxy(settings_for(store, upstream, slow, failing, concurrent_streams=1)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            # done, then error: each stream gives its lease back, so the next one is admitted.
+            assert (await post_stream(client, base, {"messages": USER})).kinds[-1] == "done"
+            assert (await post_stream(client, base, {"model": failing, "messages": USER})).kinds[-1] == "error"
+            # disconnect: while one stream is open a second is refused; after the client leaves, admitted.
+            async with client.stream("POST", f"{base}/chat/stream", json={"model": slow, "messages": USER}) as open_:
+                chunks = open_.aiter_raw()
+                await chunks.__anext__()
+                second = await client.post(f"{base}/chat/stream", json={"messages": USER})
+                assert second.status_code == 429
+                assert "open streams" in second.json()["error"]["message"]
+                del chunks
+        # The lease is given back when the proxy notices the client left; it is asked again until then (bounded).
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(100):
+                again = await client.post(f"{base}/chat/stream", json={"messages": USER})
+                if again.status_code == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert again.status_code == 200
+
+
+async def test_tokens_per_minute_reserve_and_settle(store: str) -> None:
+    """A reservation of prompt + max_tokens is settled to the real (small) usage, so later requests fit."""
+    with running_proxy(settings_for(store, tokens_per_minute=1000)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            big = {"prompt": "hi", "max_tokens": 900}
+            first = await client.post(f"{base}/chat/stream", json=big)
+            second = await client.post(f"{base}/chat/stream", json=big)
+            too_big = await client.post(f"{base}/chat/stream", json={"prompt": "hi", "max_tokens": 5000})
+    assert first.status_code == 200
+    assert second.status_code == 200, "the first reservation was not settled to its real usage"
+    assert too_big.status_code == 429
+    assert "tokens per minute" in too_big.json()["error"]["message"]
+
+
+async def test_x_forwarded_for_only_from_trusted_proxies(store: str) -> None:
+    trusted = settings_for(store, requests_per_minute=1, trusted_proxies=["127.0.0.1"])
+    with running_proxy(trusted) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            a = await client.post(f"{base}/chat/stream", json={"prompt": "x"}, headers={"X-Forwarded-For": "10.0.0.1"})
+            b = await client.post(f"{base}/chat/stream", json={"prompt": "x"}, headers={"X-Forwarded-For": "10.0.0.2"})
+    assert (a.status_code, b.status_code) == (200, 200)  # two clients behind a trusted proxy
+
+    untrusted = settings_for(store, requests_per_minute=1)
+    with running_proxy(untrusted) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            a = await client.post(f"{base}/chat/stream", json={"prompt": "x"}, headers={"X-Forwarded-For": "10.0.0.1"})
+            b = await client.post(f"{base}/chat/stream", json={"prompt": "x"}, headers={"X-Forwarded-For": "10.0.0.2"})
+    assert (a.status_code, b.status_code) == (200, 429)  # a forged header does not make a new principal
