@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from app.chat_input import ChatInput
 from app.limits import Limiter
@@ -13,6 +15,7 @@ from app.openai_input import ChatCompletionInput
 from app.settings import Settings
 from app.sse_transport import SSEEncoder
 from app.streams import StreamEncoder, StreamRun, new_stream_id
+from middleware.auth import Authenticator, Identity, check_model
 from middleware.principal import principal_key
 from providers.base import ChatRequest
 from providers.registry import ProviderRegistry, Route
@@ -22,23 +25,54 @@ from providers.retry import RetryPolicy
 DEFAULT_COMPLETION_RESERVE = 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    identity: Identity | None  # the API key, when one was presented or a session holds one
+    principal: str  # what limits count against: key, else session, else client address
+
+
 class ChatService:
-    def __init__(self, settings: Settings, providers: ProviderRegistry, limiter: Limiter) -> None:
+    def __init__(self, settings: Settings, providers: ProviderRegistry, limiter: Limiter, auth: Authenticator) -> None:
         self._settings = settings
         self._providers = providers
         self._limiter = limiter
+        self._auth = auth
         self._policy = RetryPolicy.from_settings(settings.routing)
 
-    def principal(self, peer: str | None, headers: Mapping[str, str]) -> str:
-        trusted = self._settings.limits.trusted_proxies
-        return principal_key(api_key_id=None, session_id=None, peer=peer, headers=headers, trusted=trusted)
+    def caller(self, peer: str | None, headers: Mapping[str, str], session: Mapping[str, Any] | None) -> Caller:
+        """Who is asking: authenticated (raises `Unauthorized` if a key is required and missing) and keyed."""
+        identity = self._auth.identify(headers, session)
+        sid = (session or {}).get("sid")
+        principal = principal_key(
+            api_key_id=identity.key_id if identity else None,
+            session_id=sid if isinstance(sid, str) else None,
+            peer=peer,
+            headers=headers,
+            trusted=self._settings.limits.trusted_proxies,
+        )
+        return Caller(identity, principal)
 
-    def public_models(self) -> list[str]:
-        return self._providers.public_models()
+    @property
+    def session_seconds(self) -> int:
+        return self._settings.sessions.max_age_seconds
 
-    async def open_sse(self, chat: ChatInput, request_id: str, principal: str) -> StreamRun:
+    async def login(self, peer: str | None, headers: Mapping[str, str], offered: str | None) -> str | None:
+        """The key id a session may carry (None: anonymous, when auth is off); raises `Unauthorized`."""
+        address = principal_key(
+            api_key_id=None, session_id=None, peer=peer, headers=headers, trusted=self._settings.limits.trusted_proxies
+        )
+        await self._limiter.check_request(f"login:{address}")
+        identity = self._auth.identify({"x-api-key": offered} if offered else headers, None)
+        return identity.key_id if identity else None
+
+    def models_for(self, caller: Caller) -> list[str]:
+        allowed = caller.identity.models if caller.identity else None
+        return [m for m in self._providers.public_models() if allowed is None or m in allowed]
+
+    async def open_sse(self, chat: ChatInput, request_id: str, caller: Caller) -> StreamRun:
         """`/chat/stream`: tokenrelay's own SSE frames."""
         route = self._providers.resolve(chat.model)
+        check_model(caller.identity, route.public_model)
         request = ChatRequest(
             model=route.public_model,
             messages=chat.conversation(),
@@ -50,11 +84,12 @@ class ChatService:
         )
         stream_id = new_stream_id()
         encoder = SSEEncoder(stream_id, self._settings.stream.retry_ms)
-        return await self._run(stream_id, route, request, encoder, principal=principal)
+        return await self._run(stream_id, route, request, encoder, caller=caller)
 
-    async def open_completion(self, chat: ChatCompletionInput, request_id: str, principal: str) -> StreamRun:
+    async def open_completion(self, chat: ChatCompletionInput, request_id: str, caller: Caller) -> StreamRun:
         """`/v1/chat/completions`: OpenAI chunks when `stream` is true, one `chat.completion` otherwise."""
         route = self._providers.resolve(chat.model)
+        check_model(caller.identity, route.public_model)
         request = ChatRequest(
             model=route.public_model,
             messages=chat.conversation(),
@@ -73,7 +108,7 @@ class ChatService:
             encoder = OpenAIChunkEncoder(stream_id, route.public_model, created, chat.include_usage)
         else:
             encoder = CompletionEncoder(stream_id, created)
-        return await self._run(stream_id, route, request, encoder, principal=principal, created=created)
+        return await self._run(stream_id, route, request, encoder, caller=caller, created=created)
 
     async def _run(
         self,
@@ -82,12 +117,13 @@ class ChatService:
         request: ChatRequest,
         encoder: StreamEncoder,
         *,
-        principal: str,
+        caller: Caller,
         created: int | None = None,
     ) -> StreamRun:
         prompt_estimate = math.ceil(sum(len(m.text()) for m in request.messages) / 4)
         reserve = prompt_estimate + (request.max_tokens or DEFAULT_COMPLETION_RESERVE)
-        admission = await self._limiter.admit(principal, stream_id, reserve)
+        overrides = caller.identity.limits if caller.identity else None
+        admission = await self._limiter.admit(caller.principal, stream_id, reserve, overrides)
         return StreamRun(
             admission=admission,
             stream_id=stream_id,

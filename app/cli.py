@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     configure_logging()
+    if not settings.auth.keys and server.host not in ("127.0.0.1", "::1", "localhost"):
+        logging.getLogger("tokenrelay").warning(
+            "auth is off (no auth.keys configured) and the proxy listens on %s: anyone who can reach it can use it",
+            server.host,
+        )
     if args.config:
         # Worker processes re-read the configuration; the environment is how uvicorn hands it to them.
         os.environ[CONFIG_ENV] = args.config

@@ -7,6 +7,10 @@ import gc
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.middleware.session.server_side import ServerSideSessionConfig
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
 
 from app.backends.base import Backend
 from app.backends.memory import MemoryBackend
@@ -15,10 +19,13 @@ from app.chat_service import ChatService
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.limits import Limiter
 from app.logs import configure_logging
+from app.routes.auth import close_session, open_session
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz
 from app.routes.openai import chat_completions, list_models
+from app.sessions import SKIP_SESSION, SessionReader
 from app.settings import Settings, load_settings
+from middleware.auth import Authenticator
 from middleware.correlation import CorrelationIdMiddleware
 from middleware.security_headers import SecurityHeadersMiddleware, security_headers
 from providers.registry import ProviderRegistry
@@ -38,10 +45,24 @@ def create_app(settings: Settings) -> Litestar:
     """Build the application. Nothing here does I/O: upstream pools open at startup and close at shutdown."""
     providers = ProviderRegistry(settings)
     limiter = Limiter(settings.limits, _backend(settings))
-    chat_service = ChatService(settings, providers, limiter)
+    chat_service = ChatService(settings, providers, limiter, Authenticator(settings.auth))
+    sessions = ServerSideSessionConfig(
+        key=settings.sessions.cookie_name,
+        max_age=settings.sessions.max_age_seconds,
+        secure=settings.sessions.secure,
+        httponly=True,
+        samesite="lax",
+        # Litestar's middleware saves the session (a store write and a cookie) on every response; only the
+        # login routes need that. The others read the session themselves, and only when a cookie came.
+        exclude_opt_key=SKIP_SESSION,
+    )
+    session_reader = SessionReader(sessions, required=bool(settings.auth.keys))
 
     def provide_chat_service() -> ChatService:
         return chat_service
+
+    def provide_session_reader() -> SessionReader:
+        return session_reader
 
     cors = settings.security.cors
     cors_config = (
@@ -59,8 +80,21 @@ def create_app(settings: Settings) -> Litestar:
     )
     app = Litestar(
         cors_config=cors_config,
-        route_handlers=[chat_stream_get, chat_stream_post, chat_completions, list_models, healthz],
-        dependencies={"chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True)},
+        route_handlers=[
+            chat_stream_get,
+            chat_stream_post,
+            chat_completions,
+            list_models,
+            open_session,
+            close_session,
+            healthz,
+        ],
+        middleware=[sessions.middleware],
+        stores={"sessions": _session_store(settings)},
+        dependencies={
+            "chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True),
+            "session_reader": Provide(provide_session_reader, sync_to_thread=False, use_cache=True),
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,
         on_startup=[providers.open, limiter.open],
@@ -79,6 +113,13 @@ def _backend(settings: Settings) -> Backend:
     if state.redis_url:
         return RedisBackend(state.redis_url, key_prefix=state.key_prefix, timeout=state.redis_timeout_seconds)
     return MemoryBackend()
+
+
+def _session_store(settings: Settings) -> Store:
+    state = settings.state
+    if state.redis_url:
+        return RedisStore.with_client(url=state.redis_url, namespace=f"{state.key_prefix}sessions")
+    return MemoryStore()
 
 
 def create_app_from_environment() -> Litestar:

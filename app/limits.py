@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from app.backends.base import Backend, BackendUnavailable, Decision
 from app.backends.memory import MemoryBackend
 from app.errors import LimitsUnavailable, RateLimited
-from app.settings import LimitSettings
+from app.settings import KeyLimitSettings, LimitSettings
 
 logger = logging.getLogger("tokenrelay.limits")
 
@@ -30,12 +30,17 @@ class Admission:
     """What one stream was granted. `close()` gives it back, once, however the stream ended."""
 
     def __init__(
-        self, limiter: Limiter, principal: str, lease: str | None, reserved: int, headers: dict[str, str]
+        self,
+        limiter: Limiter,
+        principal: str,
+        lease: str | None,
+        reserved: tuple[int, int],
+        headers: dict[str, str],
     ) -> None:
         self._limiter = limiter
         self.principal = principal
         self._lease = lease
-        self._reserved = reserved
+        self._reserved = reserved  # (tokens reserved, the budget they came from)
         self.headers = headers
         self._closed = False
 
@@ -57,8 +62,7 @@ class Limiter:
 
     async def open(self) -> None:
         await self._backend.open()
-        if self._settings.concurrent_streams:
-            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
+        self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
 
     async def aclose(self) -> None:
         if self._heartbeat is not None:
@@ -67,39 +71,56 @@ class Limiter:
                 await self._heartbeat
         await self._backend.aclose()
 
-    async def admit(self, principal: str, stream_id: str, token_estimate: int) -> Admission:
+    async def check_request(self, principal: str) -> dict[str, str]:
+        """Count a request that opens no stream (e.g. a session login); returns the X-RateLimit headers."""
+        rpm = self._settings.requests_per_minute
+        if not rpm:
+            return {}
+        decision = await self._decide(lambda b: b.hit(principal, rpm, WINDOW_SECONDS))
+        headers = _headers(decision)
+        if not decision.allowed:
+            raise _refused("requests per minute", decision, headers)
+        return headers
+
+    async def admit(
+        self, principal: str, stream_id: str, token_estimate: int, overrides: KeyLimitSettings | None = None
+    ) -> Admission:
         limits = self._settings
+        if overrides is not None:
+            chosen = {k: v for k, v in overrides.model_dump().items() if v is not None}
+            limits = limits.model_copy(update=chosen)
         headers: dict[str, str] = {}
         if limits.requests_per_minute:
-            decision = await self._decide(lambda b: b.hit(principal, limits.requests_per_minute, WINDOW_SECONDS))
+            rpm = limits.requests_per_minute
+            decision = await self._decide(lambda b: b.hit(principal, rpm, WINDOW_SECONDS))
             headers = _headers(decision)
             if not decision.allowed:
                 raise _refused("requests per minute", decision, headers)
         lease: str | None = None
         if limits.concurrent_streams:
-            ttl = limits.lease_ttl_seconds
-            decision = await self._decide(lambda b: b.acquire(principal, stream_id, limits.concurrent_streams, ttl))
+            ttl, most = limits.lease_ttl_seconds, limits.concurrent_streams
+            decision = await self._decide(lambda b: b.acquire(principal, stream_id, most, ttl))
             if not decision.allowed:
                 raise _refused("open streams", decision, headers)
             lease = stream_id
             self._leases.add((principal, stream_id))
-        reserved = 0
+        reserved = (0, 0)
         if limits.tokens_per_minute:
             amount, budget = min(token_estimate, limits.tokens_per_minute), limits.tokens_per_minute
             decision = await self._decide(lambda b: b.reserve(principal, amount, budget, WINDOW_SECONDS))
             if not decision.allowed:
-                await self.give_back(principal, lease, 0, 0)
+                await self.give_back(principal, lease, (0, 0), 0)
                 raise _refused("tokens per minute", decision, headers)
-            reserved = amount
+            reserved = (amount, budget)
         return Admission(self, principal, lease, reserved, headers)
 
-    async def give_back(self, principal: str, lease: str | None, reserved: int, used_tokens: int) -> None:
+    async def give_back(self, principal: str, lease: str | None, reserved: tuple[int, int], used_tokens: int) -> None:
         if lease is not None:
             self._leases.discard((principal, lease))
             await self._quietly(lambda b: b.release(principal, lease))
-        if reserved:
-            limit = self._settings.tokens_per_minute
-            await self._quietly(lambda b: b.settle(principal, reserved, used_tokens, limit, WINDOW_SECONDS))
+        amount, budget = reserved
+        if amount:
+            await self._quietly(lambda b: b.settle(principal, amount, used_tokens, budget, WINDOW_SECONDS))
 
     async def _decide(self, call: Callable[[Backend], Awaitable[Decision]]) -> Decision:
         try:

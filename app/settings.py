@@ -62,6 +62,49 @@ class LimitSettings(_Frozen):
     trusted_proxies: tuple[str, ...] = Field(default=(), description="addresses whose X-Forwarded-For is believed")
 
 
+class KeyLimitSettings(_Frozen):
+    """A key's own limits, replacing the defaults under `limits` (0 turns one off)."""
+
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    concurrent_streams: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+
+
+class ApiKeySettings(_Frozen):
+    """One accepted key: `key` (from the environment: `${TEAM_KEY}`) or its `sha256` hex digest, never both.
+
+    `id` names it in logs and limits; the key itself never appears anywhere.
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    key: SecretStr | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    models: tuple[str, ...] | None = Field(default=None, description="public models it may use; all if unset")
+    limits: KeyLimitSettings = KeyLimitSettings()
+
+    @model_validator(mode="after")
+    def _exactly_one_secret(self) -> ApiKeySettings:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of `key` (from the environment) or `sha256`")
+        if self.key is not None and len(self.key.get_secret_value()) < 16:
+            raise ValueError("an API key must be at least 16 characters long")
+        return self
+
+
+class AuthSettings(_Frozen):
+    """API keys. With none configured, auth is off (and serving beyond loopback logs a warning)."""
+
+    keys: tuple[ApiKeySettings, ...] = ()
+
+
+class SessionSettings(_Frozen):
+    """Server-side sessions (state.redis_url or in-process), the principal of browsers using EventSource."""
+
+    cookie_name: str = Field(default="tokenrelay_session", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    secure: bool = False
+    max_age_seconds: int = Field(default=86400, ge=60)
+
+
 class StateSettings(_Frozen):
     """Where shared state lives: Redis when `redis_url` is set (several workers and replicas), else in-process."""
 
@@ -217,6 +260,8 @@ class Settings(_Frozen):
     routing: RoutingSettings = RoutingSettings()
     security: SecuritySettings = SecuritySettings()
     state: StateSettings = StateSettings()
+    auth: AuthSettings = AuthSettings()
+    sessions: SessionSettings = SessionSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=_default_providers)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
     default_model: str = "echo"

@@ -11,17 +11,27 @@ from litestar.types import ASGIApp
 from app.chat_input import parse_json_body, parse_query
 from app.chat_service import ChatService
 from app.request_context import request_id_of
+from app.routes.callers import caller_of
+from app.sessions import SKIP_SESSION, SessionReader
 
 
-@get("/chat/stream")
-async def chat_stream_get(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
+@get("/chat/stream", opt={SKIP_SESSION: True})
+async def chat_stream_get(
+    request: Request[Any, Any, Any],
+    chat_service: NamedDependency[ChatService],
+    session_reader: NamedDependency[SessionReader],
+) -> ASGIApp:
+    caller = await caller_of(request, chat_service, session_reader)
     chat = parse_query(request.query_params)
-    principal = chat_service.principal(request.client.host if request.client else None, request.headers)
-    return await chat_service.open_sse(chat, request_id_of(request.scope), principal)
+    return await chat_service.open_sse(chat, request_id_of(request.scope), caller)
 
 
-@post("/chat/stream", status_code=200)
-async def chat_stream_post(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
+@post("/chat/stream", status_code=200, opt={SKIP_SESSION: True})
+async def chat_stream_post(
+    request: Request[Any, Any, Any],
+    chat_service: NamedDependency[ChatService],
+    session_reader: NamedDependency[SessionReader],
+) -> ASGIApp:
+    caller = await caller_of(request, chat_service, session_reader)
     chat = parse_json_body(await request.body(), request.headers.get("content-type"))
-    principal = chat_service.principal(request.client.host if request.client else None, request.headers)
-    return await chat_service.open_sse(chat, request_id_of(request.scope), principal)
+    return await chat_service.open_sse(chat, request_id_of(request.scope), caller)

@@ -11,18 +11,28 @@ from litestar.types import ASGIApp
 from app.chat_service import ChatService
 from app.openai_input import parse_chat_completion
 from app.request_context import request_id_of
+from app.routes.callers import caller_of
+from app.sessions import SKIP_SESSION, SessionReader
 
 
-@post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any], chat_service: NamedDependency[ChatService]) -> ASGIApp:
+@post("/v1/chat/completions", status_code=200, opt={SKIP_SESSION: True})
+async def chat_completions(
+    request: Request[Any, Any, Any],
+    chat_service: NamedDependency[ChatService],
+    session_reader: NamedDependency[SessionReader],
+) -> ASGIApp:
+    caller = await caller_of(request, chat_service, session_reader)
     chat = parse_chat_completion(await request.body(), request.headers.get("content-type"))
-    principal = chat_service.principal(request.client.host if request.client else None, request.headers)
-    return await chat_service.open_completion(chat, request_id_of(request.scope), principal)
+    return await chat_service.open_completion(chat, request_id_of(request.scope), caller)
 
 
-@get("/v1/models", sync_to_thread=False)
-def list_models(chat_service: NamedDependency[ChatService]) -> dict[str, Any]:
-    models = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "tokenrelay"} for name in chat_service.public_models()
-    ]
+@get("/v1/models", opt={SKIP_SESSION: True})
+async def list_models(
+    request: Request[Any, Any, Any],
+    chat_service: NamedDependency[ChatService],
+    session_reader: NamedDependency[SessionReader],
+) -> dict[str, Any]:
+    caller = await caller_of(request, chat_service, session_reader)
+    names = chat_service.models_for(caller)
+    models = [{"id": name, "object": "model", "created": 0, "owned_by": "tokenrelay"} for name in names]
     return {"object": "list", "data": models}

@@ -1,0 +1,44 @@
+"""Reading a browser session where Litestar's session middleware does not run (the stream routes).
+
+The middleware would save the session, a store write and a `Set-Cookie`, at the start of every response, including
+every stream; so it runs only on `/auth/session`, which writes sessions, and the other routes read one here, with
+Litestar's own backend, only when the request brought a session cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
+from litestar.stores.base import Store
+
+from app.errors import LimitsUnavailable
+
+logger = logging.getLogger("tokenrelay.sessions")
+
+SKIP_SESSION = "skip_session"
+
+
+class SessionReader:
+    def __init__(self, config: ServerSideSessionConfig, *, required: bool) -> None:
+        self._config = config
+        self._backend = ServerSideSessionBackend(config)
+        self._required = required  # with auth on, a session that cannot be read is an outage, not "no session"
+
+    async def read(self, connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any] | None:
+        if self._config.key not in connection.cookies:
+            return None
+        try:
+            data = await self._backend.load_from_connection(connection)
+        except Exception as exc:
+            # Any store failure (Redis down, timeouts) lands here: the store's exceptions are its own.
+            logger.warning("session store unavailable: %s", exc)
+            if self._required:
+                raise LimitsUnavailable("sessions are unavailable; try again shortly", retry_after=1) from exc
+            return None
+        return data or None
+
+    def store(self, app: Any) -> Store:
+        return self._config.get_store_from_app(app)
