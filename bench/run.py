@@ -178,6 +178,8 @@ def proxy_config(upstream_port: int, client: str, models: list[str]) -> str:
         f"    base_url: http://127.0.0.1:{upstream_port}/v1\n"
         f"    http_client: {client}\n"
         "    timeouts: {connect: 5, first_byte: 30, read: 30, pool: 30}\n"
+        # Limits on (so admission is measured) but high enough never to refuse the load generator.
+        "limits: {requests_per_minute: 10000000, concurrent_streams: 100000}\n"
         f'default_model: "{models[0]}"\nmodels:\n{model_lines}'
     )
 

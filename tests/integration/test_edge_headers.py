@@ -123,3 +123,15 @@ async def test_a_header_can_be_turned_off() -> None:
             response = await client.get(f"{url}/healthz")
     assert "strict-transport-security" not in response.headers
     assert response.headers["x-frame-options"] == "DENY"
+
+
+async def test_security_headers_on_a_429() -> None:
+    with running_proxy(proxy_settings(limits={"requests_per_minute": 1})) as url:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.post(f"{url}/chat/stream", json={"prompt": "hi"})
+            refused = await client.post(f"{url}/chat/stream", json={"prompt": "hi"})
+    assert refused.status_code == 429
+    for name, value in SECURITY_HEADERS.items():
+        assert refused.headers.get(name) == value, name
+    assert len(refused.headers["x-request-id"]) == 32
+    assert refused.headers["x-ratelimit-remaining"] == "0"
