@@ -99,3 +99,27 @@ def test_several_workers_without_shared_state_are_refused(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "workers" in result.stderr
+
+
+def test_auth_off_beyond_loopback_warns_at_startup(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("providers:\n  echo: {type: echo}\nmodels:\n  echo: {provider: echo, model: echo}\n")
+    process = subprocess.Popen(
+        [*tokenrelay(), "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TOKENRELAY_CONFIG"},
+    )
+    assert process.stdout is not None
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if "Application startup complete" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(15)
+        process.stdout.close()
+    assert any("auth is off" in line and "0.0.0.0" in line for line in seen), seen

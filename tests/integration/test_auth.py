@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from app.settings import Settings
+from app.settings import Settings, StateSettings
 from tests.support.logs import RecordCollector
+from tests.support.redis_server import RedisServer
 from tests.support.servers import proxy_settings, running_proxy
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +148,19 @@ async def test_secure_cookie_when_configured() -> None:
         async with httpx.AsyncClient(timeout=10) as client:
             login = await client.post(f"{url}/auth/session", headers={"Authorization": f"Bearer {PLAIN}"})
     assert "secure" in login.headers["set-cookie"].lower()
+
+
+async def test_a_session_opened_on_one_replica_works_on_another(redis_server: RedisServer) -> None:
+    """Two replicas sharing Redis: the browser logs in through one and streams through the other."""
+    prefix = f"sess-{uuid.uuid4().hex}:"
+    settings = auth_settings().model_copy(
+        update={"state": StateSettings(redis_url=redis_server.url, key_prefix=prefix)}
+    )
+    with running_proxy(settings) as replica_a, running_proxy(settings) as replica_b:
+        async with httpx.AsyncClient(timeout=10) as browser:
+            login = await browser.post(f"{replica_a}/auth/session", json={"api_key": PLAIN})
+            assert login.status_code == 200
+            # Cookies belong to the host, not the port: the browser sends this one to replica B as well.
+            stream = await browser.get(f"{replica_b}/chat/stream", params={"prompt": "hi"})
+    assert stream.status_code == 200
+    assert b"event: done" in stream.content
