@@ -8,10 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from litestar.connection import ASGIConnection
+
 from app.chat_input import ChatInput
 from app.limits import Limiter
 from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
 from app.openai_input import ChatCompletionInput
+from app.sessions import SessionReader
 from app.settings import Settings
 from app.sse_transport import SSEEncoder
 from app.streams import StreamEncoder, StreamRun, new_stream_id
@@ -32,15 +35,26 @@ class Caller:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, providers: ProviderRegistry, limiter: Limiter, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: ProviderRegistry,
+        limiter: Limiter,
+        auth: Authenticator,
+        sessions: SessionReader,
+    ) -> None:
         self._settings = settings
         self._providers = providers
         self._limiter = limiter
         self._auth = auth
+        self._sessions = sessions
         self._policy = RetryPolicy.from_settings(settings.routing)
 
-    def caller(self, peer: str | None, headers: Mapping[str, str], session: Mapping[str, Any] | None) -> Caller:
+    async def caller(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
         """Who is asking: authenticated (raises `Unauthorized` if a key is required and missing) and keyed."""
+        session = await self._sessions.read(connection)
+        headers = connection.headers
+        peer = connection.client.host if connection.client else None
         identity = self._auth.identify(headers, session)
         sid = (session or {}).get("sid")
         principal = principal_key(

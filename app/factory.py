@@ -45,7 +45,6 @@ def create_app(settings: Settings) -> Litestar:
     """Build the application. Nothing here does I/O: upstream pools open at startup and close at shutdown."""
     providers = ProviderRegistry(settings)
     limiter = Limiter(settings.limits, _backend(settings))
-    chat_service = ChatService(settings, providers, limiter, Authenticator(settings.auth))
     sessions = ServerSideSessionConfig(
         key=settings.sessions.cookie_name,
         max_age=settings.sessions.max_age_seconds,
@@ -57,12 +56,10 @@ def create_app(settings: Settings) -> Litestar:
         exclude_opt_key=SKIP_SESSION,
     )
     session_reader = SessionReader(sessions, required=bool(settings.auth.keys))
+    chat_service = ChatService(settings, providers, limiter, Authenticator(settings.auth), session_reader)
 
     def provide_chat_service() -> ChatService:
         return chat_service
-
-    def provide_session_reader() -> SessionReader:
-        return session_reader
 
     cors = settings.security.cors
     cors_config = (
@@ -93,7 +90,6 @@ def create_app(settings: Settings) -> Litestar:
         stores={"sessions": _session_store(settings)},
         dependencies={
             "chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True),
-            "session_reader": Provide(provide_session_reader, sync_to_thread=False, use_cache=True),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,

@@ -11,17 +11,15 @@ from litestar.types import ASGIApp
 from app.chat_input import parse_json_body, parse_query
 from app.chat_service import ChatService
 from app.request_context import request_id_of
-from app.routes.callers import caller_of
-from app.sessions import SKIP_SESSION, SessionReader
+from app.sessions import SKIP_SESSION
 
 
 @get("/chat/stream", opt={SKIP_SESSION: True})
 async def chat_stream_get(
     request: Request[Any, Any, Any],
     chat_service: NamedDependency[ChatService],
-    session_reader: NamedDependency[SessionReader],
 ) -> ASGIApp:
-    caller = await caller_of(request, chat_service, session_reader)
+    caller = await chat_service.caller(request)
     chat = parse_query(request.query_params)
     return await chat_service.open_sse(chat, request_id_of(request.scope), caller)
 
@@ -30,8 +28,7 @@ async def chat_stream_get(
 async def chat_stream_post(
     request: Request[Any, Any, Any],
     chat_service: NamedDependency[ChatService],
-    session_reader: NamedDependency[SessionReader],
 ) -> ASGIApp:
-    caller = await caller_of(request, chat_service, session_reader)
+    caller = await chat_service.caller(request)
     chat = parse_json_body(await request.body(), request.headers.get("content-type"))
     return await chat_service.open_sse(chat, request_id_of(request.scope), caller)

@@ -11,17 +11,15 @@ from litestar.types import ASGIApp
 from app.chat_service import ChatService
 from app.openai_input import parse_chat_completion
 from app.request_context import request_id_of
-from app.routes.callers import caller_of
-from app.sessions import SKIP_SESSION, SessionReader
+from app.sessions import SKIP_SESSION
 
 
 @post("/v1/chat/completions", status_code=200, opt={SKIP_SESSION: True})
 async def chat_completions(
     request: Request[Any, Any, Any],
     chat_service: NamedDependency[ChatService],
-    session_reader: NamedDependency[SessionReader],
 ) -> ASGIApp:
-    caller = await caller_of(request, chat_service, session_reader)
+    caller = await chat_service.caller(request)
     chat = parse_chat_completion(await request.body(), request.headers.get("content-type"))
     return await chat_service.open_completion(chat, request_id_of(request.scope), caller)
 
@@ -30,9 +28,8 @@ async def chat_completions(
 async def list_models(
     request: Request[Any, Any, Any],
     chat_service: NamedDependency[ChatService],
-    session_reader: NamedDependency[SessionReader],
 ) -> dict[str, Any]:
-    caller = await caller_of(request, chat_service, session_reader)
+    caller = await chat_service.caller(request)
     names = chat_service.models_for(caller)
     models = [{"id": name, "object": "model", "created": 0, "owned_by": "tokenrelay"} for name in names]
     return {"object": "list", "data": models}
