@@ -28,8 +28,8 @@ class SessionReader:
         self._required = required  # with auth on, a session that cannot be read is an outage, not "no session"
 
     async def read(self, connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any] | None:
-        if self._config.key not in connection.cookies:
-            return None
+        if "cookie" not in connection.headers or self._config.key not in connection.cookies:
+            return None  # most API clients send no cookie: skip parsing
         try:
             data = await self._backend.load_from_connection(connection)
         except Exception as exc:
