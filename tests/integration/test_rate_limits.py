@@ -102,3 +102,19 @@ async def test_x_forwarded_for_only_from_trusted_proxies(store: str) -> None:
             a = await client.post(f"{base}/chat/stream", json={"prompt": "x"}, headers={"X-Forwarded-For": "10.0.0.1"})
             b = await client.post(f"{base}/chat/stream", json={"prompt": "x"}, headers={"X-Forwarded-For": "10.0.0.2"})
     assert (a.status_code, b.status_code) == (200, 429)  # a forged header does not make a new principal
+
+
+async def test_an_anonymous_session_is_its_own_principal() -> None:
+    """With auth off, a browser's session (POST /auth/session) is counted apart from its address."""
+    with running_proxy(proxy_settings(limits={"requests_per_minute": 2})) as base:
+        async with httpx.AsyncClient(timeout=10) as browser, httpx.AsyncClient(timeout=10) as script:
+            login = await browser.post(f"{base}/auth/session")
+            assert login.status_code == 200
+            assert login.json()["key_id"] is None
+            browser_statuses = [
+                (await browser.get(f"{base}/chat/stream", params={"prompt": "hi"})).status_code for _ in range(3)
+            ]
+            # Same address, no cookie: its own budget, untouched by the browser's.
+            script_status = (await script.post(f"{base}/chat/stream", json={"prompt": "hi"})).status_code
+    assert browser_statuses == [200, 200, 429]
+    assert script_status == 200

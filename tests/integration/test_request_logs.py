@@ -1,0 +1,60 @@
+"""Every log line a request causes carries its request id (a contextvar, read where the record is made)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import httpx
+import pytest
+
+from app.logs import RequestIdFilter
+from app.settings import Settings
+from tests.support.servers import running_proxy
+
+pytestmark = pytest.mark.anyio
+
+
+class Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(RequestIdFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_log_lines_carry_the_request_id() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    settings = Settings.model_validate(
+        {
+            "providers": {
+                "down": {"type": "openai", "base_url": f"http://127.0.0.1:{closed}/v1"},
+                "echo": {"type": "echo", "tokens_per_second": 0, "first_token_delay_ms": 0},
+            },
+            "models": {"m": {"targets": [{"provider": "down", "model": "x"}, {"provider": "echo", "model": "e"}]}},
+            "default_model": "m",
+            "routing": {"attempts_per_target": 1},
+        }
+    )
+    captured = Captured()
+    logger = logging.getLogger("tokenrelay")
+    logger.addHandler(captured)
+    logger.setLevel(logging.INFO)
+    try:
+        with running_proxy(settings) as base:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.post(
+                    f"{base}/chat/stream", json={"prompt": "hi"}, headers={"X-Request-ID": "trace-logs-1"}
+                )
+    finally:
+        logger.removeHandler(captured)
+    assert response.status_code == 200
+    mine = [r for r in captured.records if getattr(r, "request_id", None) == "trace-logs-1"]
+    messages = [r.getMessage() for r in mine]
+    assert any("upstream attempt failed" in m for m in messages), messages
+    assert any(m.startswith("stream end") for m in messages), messages
+    assert all(getattr(r, "request_id", "-") in ("trace-logs-1", "-") for r in captured.records)
