@@ -6,12 +6,11 @@ Every failure is an `InvalidRequest` naming the offending field, so the client g
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
-import msgspec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.errors import InvalidRequest
+from app.json_body import json_object, validated
 from providers.base import Message
 
 MAX_STOP_SEQUENCES = 4
@@ -62,33 +61,8 @@ class ChatInput(BaseModel):
 
 
 def parse_json_body(body: bytes, content_type: str | None) -> ChatInput:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        # Requiring JSON also keeps cross-site HTML forms (which cannot send it without CORS) from starting streams.
-        raise InvalidRequest(
-            "the body must be JSON sent as `Content-Type: application/json`", field="content-type", status=415
-        )
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the body must be a JSON object", field="body")
-    return _validate(data)
+    return validated(ChatInput, json_object(body, content_type))
 
 
 def parse_query(params: Mapping[str, str]) -> ChatInput:
-    return _validate(dict(params))
-
-
-def _validate(data: dict[str, Any]) -> ChatInput:
-    try:
-        return ChatInput.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        message = message.removeprefix("Value error, ")
-        if not first["loc"]:
-            field = "messages" if "messages" in message else "body"
-        raise InvalidRequest(f"{field}: {message}", field=field) from None
+    return validated(ChatInput, dict(params))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import msgspec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.errors import InvalidRequest
+from app.json_body import json_object, validated
 from providers.base import Message, ToolCall
 
 MAX_STOP_SEQUENCES = 4
@@ -104,24 +104,7 @@ class ChatCompletionInput(BaseModel):
 
 
 def parse_chat_completion(body: bytes, content_type: str | None) -> ChatCompletionInput:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise InvalidRequest(
-            "the body must be JSON sent as `Content-Type: application/json`", field="content-type", status=415
-        )
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the body must be a JSON object", field="body")
-    try:
-        parsed = ChatCompletionInput.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"{field}: {message}", field=field) from None
+    parsed = validated(ChatCompletionInput, json_object(body, content_type))
     if parsed.n is not None and parsed.n > 1:
         # Several choices would have to be streamed side by side; merging them would corrupt every one.
         raise InvalidRequest("n: only n=1 is supported", field="n", status=400)
