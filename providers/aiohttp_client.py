@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager
 
 import aiohttp
 
@@ -15,9 +15,10 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from providers.base import UpstreamTimeouts
+from providers.http_client import ExceptionTable, translate_with, translated
 
 # Most specific first: the first entry that matches an exception decides its translation.
-EXCEPTION_MAP: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (
+EXCEPTION_MAP: ExceptionTable = (
     (aiohttp.ConnectionTimeoutError, UpstreamTimeout, "timed out connecting to the upstream"),
     (
         aiohttp.SocketTimeoutError,
@@ -39,21 +40,11 @@ EXCEPTION_MAP: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (
 
 
 def translate(exc: BaseException) -> ProxyError | None:
-    for source, target, message in EXCEPTION_MAP:
-        if isinstance(exc, source):
-            return target(f"{message}: {exc}" if str(exc) else message)
-    return None
+    return translate_with(EXCEPTION_MAP, exc)
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        mapped = translate(exc)
-        if mapped is None:  # pragma: no cover - EXCEPTION_MAP ends with both base classes
-            raise
-        raise mapped from exc
+def _translated() -> AbstractContextManager[None]:
+    return translated(EXCEPTION_MAP, (TimeoutError, aiohttp.ClientError))
 
 
 class _Response:

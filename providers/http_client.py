@@ -8,11 +8,36 @@ function, so providers never see a transport exception.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Literal, Protocol
 
+from app.errors import ProxyError
 from providers.base import UpstreamTimeouts
+
+# (exception class of a client library, the error it becomes, what to tell the client), most specific first.
+ExceptionTable = tuple[tuple[type[BaseException], type[ProxyError], str], ...]
+
+
+def translate_with(table: ExceptionTable, exc: BaseException) -> ProxyError | None:
+    """The first matching translation of `exc`, keeping the library's own text after ours."""
+    for source, target, message in table:
+        if isinstance(exc, source):
+            return target(f"{message}: {exc}" if str(exc) else message)
+    return None
+
+
+@contextmanager
+def translated(table: ExceptionTable, catch: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Raise the `app.errors` translation of any `catch` exception leaving the block."""
+    try:
+        yield
+    except catch as exc:
+        mapped = translate_with(table, exc)
+        if mapped is None:  # pragma: no cover - every table ends with the library's base classes
+            raise
+        raise mapped from exc
+
 
 HttpClientKind = Literal["httptools", "aiohttp", "httpx", "httpx-aiohttp"]
 

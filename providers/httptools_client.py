@@ -25,12 +25,13 @@ import httptools
 
 from app.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from providers.base import UpstreamTimeouts
+from providers.http_client import ExceptionTable, translate_with
 
 # Reading pauses when this much body is waiting for the relay: the upstream then feels the client's pace.
 _HIGH_WATER: Final = 256 * 1024
 
 # Every exception the transport can raise, translated in one place (tests/unit/test_error_mapping.py).
-EXCEPTION_MAP: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (
+EXCEPTION_MAP: ExceptionTable = (
     (TimeoutError, UpstreamTimeout, "the upstream timed out"),
     (ConnectionRefusedError, UpstreamUnavailable, "the upstream refused the connection"),
     (ConnectionResetError, UpstreamUnavailable, "the upstream reset the connection"),
@@ -43,10 +44,7 @@ EXCEPTION_MAP: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (
 
 
 def translate(exc: BaseException) -> ProxyError | None:
-    for source, target, message in EXCEPTION_MAP:
-        if isinstance(exc, source):
-            return target(f"{message}: {exc}" if str(exc) else message)
-    return None
+    return translate_with(EXCEPTION_MAP, exc)
 
 
 class _Origin:

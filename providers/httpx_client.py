@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager
 
 import anyio
 import httpx
 
 from app.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from providers.base import UpstreamTimeouts
+from providers.http_client import ExceptionTable, translate_with, translated
 
 # Most specific first, as httpx's own map_httpcore_exceptions() picks the most specific class.
-EXCEPTION_MAP: tuple[tuple[type[Exception], type[ProxyError], str], ...] = (
+EXCEPTION_MAP: ExceptionTable = (
     (httpx.ConnectTimeout, UpstreamTimeout, "timed out connecting to the upstream"),
     (httpx.PoolTimeout, UpstreamTimeout, "no free upstream connection within the pool timeout"),
     (httpx.ReadTimeout, UpstreamTimeout, "the upstream went silent for longer than the read timeout"),
@@ -39,21 +40,11 @@ EXCEPTION_MAP: tuple[tuple[type[Exception], type[ProxyError], str], ...] = (
 
 
 def translate(exc: BaseException) -> ProxyError | None:
-    for source, target, message in EXCEPTION_MAP:
-        if isinstance(exc, source):
-            return target(f"{message}: {exc}" if str(exc) else message)
-    return None
+    return translate_with(EXCEPTION_MAP, exc)
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except (httpx.HTTPError, httpx.StreamError, httpx.InvalidURL) as exc:
-        mapped = translate(exc)
-        if mapped is None:  # pragma: no cover - EXCEPTION_MAP ends with the base classes
-            raise
-        raise mapped from exc
+def _translated() -> AbstractContextManager[None]:
+    return translated(EXCEPTION_MAP, (httpx.HTTPError, httpx.StreamError, httpx.InvalidURL))
 
 
 class _Response:
