@@ -143,3 +143,30 @@ def test_no_body_yields_a_500(base: str, body: Any) -> None:
     assert response.status_code < 500, response.text
     if response.status_code != 200:
         assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+
+
+_OPENAI_FIELDS = st.sampled_from(
+    ["messages", "model", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "temperature",
+     "top_p", "stop", "tools", "tool_choice", "seed", "user"]
+)  # fmt: skip
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "tool", "robot"])},
+    optional={"content": _JSON, "tool_calls": _JSON, "tool_call_id": _JSON, "name": _JSON},
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(_OPENAI_FIELDS, _JSON, max_size=5)
+    | st.fixed_dictionaries({"messages": st.lists(_MESSAGE, max_size=3)}, optional={"stream": st.booleans()})
+)
+def test_no_openai_body_yields_a_500(base: str, body: Any) -> None:
+    with httpx.Client(timeout=10) as client:
+        response = client.post(
+            f"{base}/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+    assert response.status_code < 500, response.text
+    if response.status_code != 200:
+        error = response.json()["error"]
+        assert error["request_id"] == response.headers["x-request-id"]
+        assert error["type"] == "invalid_request_error"
