@@ -139,15 +139,12 @@ class StreamRun:
         async with AsyncExitStack() as upstream:
             try:
                 target, deltas, first = await self._open(upstream)
-            except ProxyError as error:
+            except Exception as exc:
+                error = exc if isinstance(exc, ProxyError) else _internal(self.stream_id, exc)
                 if not self._committed:
                     await self._refuse(error)
                     return
                 terminal = self._error_frame(error)
-            except Exception:
-                logger.exception("stream %s failed to open", self.stream_id)
-                await self._refuse(InternalError("tokenrelay failed to open the stream"))
-                return
             else:
                 pending: Delta | None = first
                 if self._encoder.buffered:
@@ -272,6 +269,8 @@ class StreamRun:
             pass
         except ProxyError as error:
             return self._error_frame(error)
+        except Exception as exc:  # a bug must still end the stream with a frame, never a silent close
+            return self._error_frame(_internal(self.stream_id, exc))
         if finish_reason is None:
             return self._error_frame(UpstreamError("the upstream ended the stream without finishing the answer"))
         if usage is None:
@@ -350,6 +349,11 @@ class StreamRun:
             self._writes,
             time.monotonic() - self._started,
         )
+
+
+def _internal(stream_id: str, exc: Exception) -> InternalError:
+    logger.error("stream %s failed", stream_id, exc_info=exc)
+    return InternalError(f"tokenrelay failed while streaming ({type(exc).__name__})")
 
 
 async def _first_of(deltas: AsyncGenerator[Delta, None]) -> Delta:
