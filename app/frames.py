@@ -16,7 +16,6 @@ UsageSource = Literal["provider", "estimated", "partial"]
 
 class Frame(msgspec.Struct, frozen=True):
     event: ClassVar[str]
-    terminal: ClassVar[bool] = False
 
 
 class StartFrame(Frame, frozen=True):
@@ -55,7 +54,6 @@ class Usage(msgspec.Struct, frozen=True):
 
 class DoneFrame(Frame, frozen=True):
     event: ClassVar[str] = "done"
-    terminal: ClassVar[bool] = True
     finish_reason: str
     usage: Usage
     usage_source: UsageSource
@@ -63,7 +61,6 @@ class DoneFrame(Frame, frozen=True):
 
 class ErrorFrame(Frame, frozen=True):
     event: ClassVar[str] = "error"
-    terminal: ClassVar[bool] = True
     code: str
     message: str
     retryable: bool
@@ -72,6 +69,5 @@ class ErrorFrame(Frame, frozen=True):
 
 class CancelFrame(Frame, frozen=True):
     event: ClassVar[str] = "cancel"
-    terminal: ClassVar[bool] = True
     reason: str
     retryable: bool = False

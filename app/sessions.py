@@ -12,7 +12,6 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
-from litestar.stores.base import Store
 
 from app.errors import LimitsUnavailable
 
@@ -39,6 +38,3 @@ class SessionReader:
                 raise LimitsUnavailable("sessions are unavailable; try again shortly", retry_after=1) from exc
             return None
         return data or None
-
-    def store(self, app: Any) -> Store:
-        return self._config.get_store_from_app(app)

@@ -34,6 +34,8 @@ class SSEEncoder:
         return self._frame(frame)
 
     def delta(self, delta: Delta) -> bytes:
+        if delta.text and not (delta.reasoning or delta.tool_calls):
+            return self._frame(TokenFrame(text=delta.text))  # the per-token case, without a list
         frames: list[bytes] = []
         if delta.reasoning:
             frames.append(self._frame(ReasoningFrame(text=delta.reasoning)))

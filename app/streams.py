@@ -256,7 +256,9 @@ class StreamRun:
         delta, write = first, write_first
         try:
             while True:
-                self._completion_chars += len(delta.text) + sum(len(c.arguments) for c in delta.tool_calls)
+                self._completion_chars += len(delta.text)
+                if delta.tool_calls:
+                    self._completion_chars += sum(len(c.arguments) for c in delta.tool_calls)
                 if write:
                     await self._write(self._encoder.delta(delta))
                 write = True
