@@ -20,6 +20,6 @@ USER tokenrelay
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=1); sys.exit(0)"]
-# SIGTERM lets uvicorn drain open streams for server.graceful_shutdown_seconds before exiting.
+# SIGTERM starts tokenrelay's drain (server.drain_seconds, default 30): give `docker stop -t 35` (README, Shutdown).
 STOPSIGNAL SIGTERM
 CMD ["tokenrelay", "serve"]

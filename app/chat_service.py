@@ -16,6 +16,7 @@ from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
 from app.openai_input import ChatCompletionInput
 from app.sessions import SessionReader
 from app.settings import Settings
+from app.shutdown import ShutdownDrain
 from app.sse_transport import SSEEncoder
 from app.streams import StreamEncoder, StreamRun, new_stream_id
 from middleware.auth import Authenticator, Identity, check_model
@@ -38,12 +39,15 @@ class ChatService:
     def __init__(
         self,
         settings: Settings,
+        *,
         providers: ProviderRegistry,
         limiter: Limiter,
         auth: Authenticator,
         sessions: SessionReader,
+        drain: ShutdownDrain,
     ) -> None:
         self._settings = settings
+        self._drain = drain
         self._providers = providers
         self._limiter = limiter
         self._auth = auth
@@ -134,6 +138,7 @@ class ChatService:
         caller: Caller,
         created: int | None = None,
     ) -> StreamRun:
+        self._drain.refuse_if_draining()
         prompt_estimate = math.ceil(sum(len(m.text()) for m in request.messages) / 4)
         reserve = prompt_estimate + (request.max_tokens or DEFAULT_COMPLETION_RESERVE)
         overrides = caller.identity.limits if caller.identity else None
@@ -148,4 +153,5 @@ class ChatService:
             policy=self._policy,
             ping_interval=self._settings.stream.ping_interval_seconds,
             prompt_estimate=prompt_estimate,
+            drain=self._drain,
         )

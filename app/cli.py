@@ -63,7 +63,10 @@ def serve_app(settings: Settings) -> None:
         "loop": "uvloop",
         "http": "httptools",
         "log_config": None,
-        "timeout_graceful_shutdown": server.graceful_shutdown_seconds,
+        # tokenrelay's own drain (app/shutdown.py) has ended every stream before uvicorn hears the signal: what
+        # uvicorn still waits for is at most a short non-stream request.
+        "timeout_graceful_shutdown": 1,
+        "timeout_keep_alive": server.keepalive_seconds,
         # X-Forwarded-For is judged by limits.trusted_proxies alone; uvicorn would otherwise trust 127.0.0.1.
         "proxy_headers": False,
     }

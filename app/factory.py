@@ -21,10 +21,11 @@ from app.limits import Limiter
 from app.logs import configure_logging
 from app.routes.auth import close_session, open_session
 from app.routes.chat import chat_stream_get, chat_stream_post
-from app.routes.health import healthz
+from app.routes.health import healthz, readyz
 from app.routes.openai import chat_completions, list_models
 from app.sessions import SKIP_SESSION, SessionReader
 from app.settings import Settings, load_settings
+from app.shutdown import ShutdownDrain
 from middleware.auth import Authenticator
 from middleware.correlation import CorrelationIdMiddleware
 from middleware.security_headers import SecurityHeadersMiddleware, security_headers
@@ -56,10 +57,21 @@ def create_app(settings: Settings) -> Litestar:
         exclude_opt_key=SKIP_SESSION,
     )
     session_reader = SessionReader(sessions, required=bool(settings.auth.keys))
-    chat_service = ChatService(settings, providers, limiter, Authenticator(settings.auth), session_reader)
+    drain = ShutdownDrain(settings.server.drain_seconds)
+    chat_service = ChatService(
+        settings,
+        providers=providers,
+        limiter=limiter,
+        auth=Authenticator(settings.auth),
+        sessions=session_reader,
+        drain=drain,
+    )
 
     def provide_chat_service() -> ChatService:
         return chat_service
+
+    def provide_drain() -> ShutdownDrain:
+        return drain
 
     cors = settings.security.cors
     cors_config = (
@@ -85,15 +97,17 @@ def create_app(settings: Settings) -> Litestar:
             open_session,
             close_session,
             healthz,
+            readyz,
         ],
         middleware=[sessions.middleware],
         stores={"sessions": _session_store(settings)},
         dependencies={
             "chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True),
+            "drain": Provide(provide_drain, sync_to_thread=False, use_cache=True),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,
-        on_startup=[providers.open, limiter.open],
+        on_startup=[providers.open, limiter.open, drain.install_signal_handlers],
         on_shutdown=[providers.aclose, limiter.aclose],
         openapi_config=None,
         logging_config=None,

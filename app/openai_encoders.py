@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from app.errors import error_type
-from app.frames import DoneFrame, ErrorFrame, StartFrame
+from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
 from app.sse import PING
 from app.sse_transport import SSE_HEADERS
 from providers.base import Delta
@@ -113,6 +113,10 @@ class OpenAIChunkEncoder:
             return _data(self._envelope([], usage)) + _DONE
         return _DONE
 
+    def cancel(self, frame: CancelFrame, error: ErrorFrame, retry_ms: int | None) -> bytes:
+        # OpenAI's stream has no cancel event: the SDKs raise the error line as `APIError` with its code.
+        return _data(_error_payload(error))
+
 
 def _tool_call_delta(index: int, call_id: str | None, name: str | None, arguments: str) -> dict[str, Any]:
     out: dict[str, Any] = {"index": index}
@@ -158,6 +162,9 @@ class CompletionEncoder:
             call["function"]["name"] += part.name or ""
             call["function"]["arguments"] += part.arguments
         return b""
+
+    def cancel(self, frame: CancelFrame, error: ErrorFrame, retry_ms: int | None) -> bytes:
+        return b""  # never called: nothing is committed before the end, so a stop becomes a real status
 
     def end(self, frame: DoneFrame | ErrorFrame) -> bytes:
         if isinstance(frame, ErrorFrame):

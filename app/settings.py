@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 CONFIG_ENV = "TOKENRELAY_CONFIG"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -38,11 +39,34 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ConfigKeyError(ValueError):
+    """A value error about a key below the model that found it: `path` leads from that model to the key."""
+
+    def __init__(self, message: str, *path: str | int) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+_RENAMED_SERVER_KEYS = {"graceful_shutdown_seconds": "drain_seconds"}
+
+
 class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
-    graceful_shutdown_seconds: int = Field(default=10, ge=1)
+    drain_seconds: float = Field(default=30, ge=0, description="on SIGTERM, how long open streams may run on")
+    header_timeout_seconds: float = Field(default=10, gt=0, description="a request's headers must arrive in this")
+    body_timeout_seconds: float = Field(default=30, gt=0, description="a request's body must arrive in this")
+    keepalive_seconds: float = Field(default=5, gt=0, description="an idle keep-alive connection is closed after")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in _RENAMED_SERVER_KEYS.items():
+                if old in data:
+                    raise ConfigKeyError(f"renamed: write server.{new} instead (see the README, Shutdown)", old)
+        return data
 
 
 class StreamSettings(_Frozen):
@@ -92,9 +116,10 @@ class ApiKeySettings(_Frozen):
 
 
 class AuthSettings(_Frozen):
-    """API keys. With none configured, auth is off (and serving beyond loopback logs a warning)."""
+    """API keys. With none configured only loopback clients are served (protected mode), unless `open` is true."""
 
     keys: tuple[ApiKeySettings, ...] = ()
+    open: bool = Field(default=False, description="with no keys, serve every client, not only loopback ones")
 
 
 class SessionSettings(_Frozen):
@@ -111,6 +136,20 @@ class StateSettings(_Frozen):
     redis_url: str = ""
     key_prefix: str = "tokenrelay:"
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value:
+            return value
+        # The URL may hold a password: the message names its scheme, never the URL.
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in REDIS_SCHEMES:
+            shown = f"{scheme!r}" if sep else "none"
+            raise ValueError(f"must start with redis://, rediss:// or unix:// (scheme: {shown})")
+        if not rest.strip("/"):
+            raise ValueError(f"{scheme}:// needs a host (or, for unix://, a socket path)")
+        return value
 
 
 class SecurityHeaderSettings(_Frozen):
@@ -129,7 +168,7 @@ class CorsSettings(_Frozen):
 
     allow_origins: tuple[str, ...] = ()
     allow_credentials: bool = False
-    allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    allow_methods: tuple[str, ...] = ("GET", "POST", "DELETE", "OPTIONS")
     allow_headers: tuple[str, ...] = (
         "authorization",
         "content-type",
@@ -264,17 +303,26 @@ class Settings(_Frozen):
     sessions: SessionSettings = SessionSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=_default_providers)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
-    default_model: str = "echo"
+    default_model: str = Field(default="echo", description="when a request names none; default: the first model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_model_is_the_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "default_model" not in data and isinstance(data.get("models"), dict):
+            first = next(iter(data["models"]), None)
+            if isinstance(first, str):
+                return {**data, "default_model": first}
+        return data
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
         if self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not a key of models")
+            raise ConfigKeyError(f"{self.default_model!r} is not a key of models", "default_model")
         for name, route in self.models.items():
             for i, target in enumerate(route.targets):
                 if target.provider not in self.providers:
-                    raise ValueError(
-                        f"models.{name}.targets.{i}.provider {target.provider!r} is not a key of providers"
+                    raise ConfigKeyError(
+                        f"{target.provider!r} is not a key of providers", "models", name, "targets", i, "provider"
                     )
         return self
 
@@ -363,6 +411,9 @@ def _describe(exc: ValidationError, lines: Mapping[tuple[str | int, ...], int], 
     problems = []
     for error in exc.errors():
         loc = _config_path(error["loc"])
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigKeyError):
+            loc = (*loc, *cause.path)
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
         problems.append(f"{_where(loc, lines, source)}: {_dotted(loc) or '(top level)'}: {message}")
     return "invalid configuration:\n  " + "\n  ".join(problems)
@@ -376,11 +427,16 @@ def _config_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
 
 
 def _where(path: tuple[str | int, ...], lines: Mapping[tuple[str | int, ...], int], source: str) -> str:
-    for end in range(len(path), -1, -1):
-        line = lines.get(path[:end])
-        if line is not None:
-            return f"{source}:{line}"
-    return source
+    candidates = [path]
+    if len(path) >= 4 and path[0] == "models" and path[2] == "targets" and path[:3] not in lines:
+        candidates.insert(0, (*path[:2], *path[4:]))  # the one-target shorthand: models.<name>.provider
+    for candidate in candidates:
+        for end in range(len(candidate), 0, -1):
+            line = lines.get(candidate[:end])
+            if line is not None:
+                return f"{source}:{line}"
+    line = lines.get(())
+    return source if line is None else f"{source}:{line}"
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:

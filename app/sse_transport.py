@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from app.frames import DoneFrame, ErrorFrame, Frame, ReasoningFrame, StartFrame, TokenFrame, ToolCallFrame
+from app.frames import CancelFrame, DoneFrame, ErrorFrame, Frame, ReasoningFrame, StartFrame, TokenFrame, ToolCallFrame
 from app.sse import PING, encode_json_event
 from providers.base import Delta
 
@@ -50,8 +50,11 @@ class SSEEncoder:
     def end(self, frame: DoneFrame | ErrorFrame) -> bytes:
         return self._frame(frame)
 
-    def _frame(self, frame: Frame) -> bytes:
+    def cancel(self, frame: CancelFrame, error: ErrorFrame, retry_ms: int | None) -> bytes:
+        return self._frame(frame, retry_ms)
+
+    def _frame(self, frame: Frame, retry_ms: int | None = None) -> bytes:
         seq = self._seq
         self._seq += 1
-        retry = self._retry_ms if seq == 0 else None
+        retry = self._retry_ms if seq == 0 else retry_ms
         return encode_json_event(frame.event, _encode(frame), id=f"{self._stream_id}.{seq}", retry_ms=retry)

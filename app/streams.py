@@ -6,8 +6,9 @@ HTTP status with a JSON body. At the commit the 200, the encoder's headers and i
 relayed as they come, and exactly one terminal frame ends the body. A failure after the commit is never retried.
 
 A task watches `receive()` for the client leaving during every phase; it cancels the run, which closes the upstream
-wherever the run was waiting: on the upstream, in a backoff, or on a client that stopped reading. Cleanup runs
-once on every ending.
+wherever the run was waiting: on the upstream, in a backoff, or on a client that stopped reading. The shutdown
+drain stops a run the same way, and the run then ends with its own terminal frame (`cancel` with reason
+`server_shutdown`, or a 503 before the commit). Cleanup runs once on every ending.
 
 The per-stream machinery is plain asyncio (one watcher task, one timer handle for keep-alives) rather than an anyio
 task group: measured with bench/, the task group's scopes and cancel messages cost about a third of the proxy's
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import secrets
 import time
 from collections.abc import AsyncGenerator
@@ -29,8 +31,9 @@ from typing import Protocol
 from litestar.types import Receive, Scope, Send
 
 from app.errors import InternalError, ProxyError, UpstreamError, error_body
-from app.frames import DoneFrame, ErrorFrame, StartFrame, Usage
+from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame, Usage
 from app.limits import Admission
+from app.shutdown import FINAL_WRITE_SECONDS, ShutdownDrain, shutdown_error
 from providers.base import ChatRequest, Delta, TokenUsage
 from providers.registry import Route, Target
 from providers.retry import RetryPolicy
@@ -38,6 +41,9 @@ from providers.retry import RetryPolicy
 logger = logging.getLogger("tokenrelay.stream")
 
 YIELD_AFTER_SECONDS = 0.005
+# Before a shutdown `cancel`, EventSource is told to come back soon, at a random moment in this window, so that
+# the clients of a stopping replica do not all reconnect to the others in the same instant.
+SHUTDOWN_RETRY_MS = (500, 2500)
 
 
 class StreamEncoder(Protocol):
@@ -53,6 +59,10 @@ class StreamEncoder(Protocol):
     def delta(self, delta: Delta) -> bytes: ...
 
     def end(self, frame: DoneFrame | ErrorFrame) -> bytes: ...
+
+    def cancel(self, frame: CancelFrame, error: ErrorFrame, retry_ms: int | None) -> bytes:
+        """The terminal bytes of a stream stopped from outside (`frame`, or `error` where there is no cancel)."""
+        ...
 
 
 def new_stream_id() -> str:
@@ -72,8 +82,10 @@ class StreamRun:
         policy: RetryPolicy,
         ping_interval: float,
         prompt_estimate: int,
+        drain: ShutdownDrain,
     ) -> None:
         self.stream_id = stream_id
+        self._drain = drain
         self._admission = admission
         self._route = route
         self._request = request
@@ -83,9 +95,12 @@ class StreamRun:
         self._prompt_estimate = prompt_estimate
         self._send: Send = _not_started
         self._loop: asyncio.AbstractEventLoop  # the serving loop, known once __call__ runs
+        self._task: asyncio.Task[None] | None = None
         self._committed = False
+        self._response_started = False
         self._ended = False
         self._client_left = False
+        self._shutdown = False
         self._writes = 0
         self._last_write = 0.0
         self._last_yield = 0.0
@@ -103,17 +118,25 @@ class StreamRun:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
         self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         watcher = self._loop.create_task(self._cancel_on_disconnect(receive, task))
+        self._drain.track(self)
         try:
-            await self._serve()
+            if self._drain.draining:
+                self._ended = True
+                await self._refuse(shutdown_error())
+            else:
+                await self._serve()
         except asyncio.CancelledError:
-            if not self._client_left:
+            if not (self._client_left or self._shutdown):
                 raise
             task.uncancel()
+            if self._shutdown and not self._client_left:
+                await self._end_for_shutdown()
         finally:
             self._ended = True
+            self._drain.untrack(self)
             watcher.cancel()
             if self._ping_timer is not None:
                 self._ping_timer.cancel()
@@ -125,6 +148,32 @@ class StreamRun:
             if self._admission is not None:
                 # Shielded: a second cancellation (server shutdown) must not stop the lease's release half-way.
                 await asyncio.shield(self._admission.close(self._used_tokens()))
+
+    def stop_for_shutdown(self) -> None:
+        """End the stream now: the drain time is over (cancels the run wherever it waits, like a disconnect)."""
+        if self._ended or self._shutdown or self._task is None:
+            return
+        self._shutdown = True
+        self._task.cancel()
+
+    async def _end_for_shutdown(self) -> None:
+        self._ended = True
+        self._outcome = "server_shutdown"
+        error = shutdown_error()
+        try:
+            async with asyncio.timeout(FINAL_WRITE_SECONDS):
+                if self._committing is not None and not self._committed:
+                    await asyncio.shield(self._committing)  # the 200 is on its way: end the stream it starts
+                if self._committed:
+                    frame = CancelFrame(reason="server_shutdown", retryable=True)
+                    retry_ms = random.randint(*SHUTDOWN_RETRY_MS)  # noqa: S311 - jitter, not a secret
+                    await self._write(self._encoder.cancel(frame, self._error_frame(error), retry_ms), more=False)
+                elif not self._response_started:
+                    await self._refuse(error)
+        except TimeoutError:
+            logger.info("stream %s: the client did not take its terminal frame in time", self.stream_id)
+        except Exception as exc:  # a client gone mid-write: the stream ends either way
+            logger.info("stream %s: could not write its terminal frame: %s", self.stream_id, exc)
 
     async def _cancel_on_disconnect(self, receive: Receive, task: asyncio.Task[None]) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -142,6 +191,7 @@ class StreamRun:
             except Exception as exc:
                 error = exc if isinstance(exc, ProxyError) else _internal(self.stream_id, exc)
                 if not self._committed:
+                    self._ended = True
                     await self._refuse(error)
                     return
                 terminal = self._error_frame(error)
@@ -163,6 +213,7 @@ class StreamRun:
             await self._refuse(self._failure)
         else:
             await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
+            self._response_started = True
             await self._write(self._encoder.end(terminal), more=False)
 
     async def _open(self, upstream: AsyncExitStack) -> tuple[Target, AsyncGenerator[Delta, None], Delta]:
@@ -222,7 +273,7 @@ class StreamRun:
 
     async def _commit(self, target: Target, first: Delta | None = None) -> None:
         await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
-        self._committed = True
+        self._committed = self._response_started = True
         self._last_write = self._loop.time()
         body = self._encoder.start(self._start_frame(target))
         if first is not None:
@@ -321,6 +372,7 @@ class StreamRun:
         headers = [(b"content-type", b"application/json"), *self._limit_headers()]
         headers += [(k.encode(), v.encode()) for k, v in error.response_headers().items()]
         await self._send({"type": "http.response.start", "status": error.status, "headers": headers})
+        self._response_started = True
         body = error_body(error, self._request.request_id)
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
