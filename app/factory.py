@@ -45,7 +45,8 @@ EXPOSED_HEADERS = (
 def create_app(settings: Settings) -> Litestar:
     """Build the application. Nothing here does I/O: upstream pools open at startup and close at shutdown."""
     providers = ProviderRegistry(settings)
-    limiter = Limiter(settings.limits, _backend(settings))
+    backend = _backend(settings)
+    limiter = Limiter(settings.limits, backend)
     sessions = ServerSideSessionConfig(
         key=settings.sessions.cookie_name,
         max_age=settings.sessions.max_age_seconds,
@@ -100,7 +101,7 @@ def create_app(settings: Settings) -> Litestar:
             readyz,
         ],
         middleware=[sessions.middleware],
-        stores={"sessions": _session_store(settings)},
+        stores={"sessions": _session_store(settings, backend)},
         dependencies={
             "chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True),
             "drain": Provide(provide_drain, sync_to_thread=False, use_cache=True),
@@ -125,10 +126,11 @@ def _backend(settings: Settings) -> Backend:
     return MemoryBackend()
 
 
-def _session_store(settings: Settings) -> Store:
-    state = settings.state
-    if state.redis_url:
-        return RedisStore.with_client(url=state.redis_url, namespace=f"{state.key_prefix}sessions")
+def _session_store(settings: Settings, backend: Backend) -> Store:
+    if isinstance(backend, RedisBackend):
+        # The limits' pool, with its retry on dead connections; the backend closes it.
+        namespace = f"{settings.state.key_prefix}sessions"
+        return RedisStore(backend.client, namespace=namespace, handle_client_shutdown=False)
     return MemoryStore()
 
 

@@ -62,6 +62,15 @@ class Limiter:
 
     async def open(self) -> None:
         await self._backend.open()
+        problem: BackendUnavailable | None = None
+        try:
+            await self._backend.ping()
+        except BackendUnavailable as exc:
+            problem = exc  # one line, outside the handler: an operator needs the cause, not a traceback
+        if problem is not None and self._settings.on_backend_failure == "fail_closed":
+            logger.error("%s; limited requests get 503 until it answers (fail_closed)", problem)
+        elif problem is not None:
+            logger.warning("%s; limits are decided in this process until it answers (fail_open)", problem)
         self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
 
     async def aclose(self) -> None:
@@ -142,12 +151,23 @@ class Limiter:
         await call(self._fallback)
 
     async def _renew_leases(self) -> None:
+        """The heartbeat: every ttl / 3, every lease this process holds is asserted again in one round trip, which
+        also puts back leases a restarted store lost. It survives any failure (logged) and beats again."""
         ttl = self._settings.lease_ttl_seconds
         while True:
             await asyncio.sleep(ttl / 3)
-            for principal, lease in list(self._leases):
-                with contextlib.suppress(BackendUnavailable):
-                    await self._backend.renew(principal, lease, ttl)
+            held = list(self._leases)
+            try:
+                await self._backend.assert_leases(held, ttl)
+                await self._fallback.assert_leases(held, ttl)
+            except BackendUnavailable:
+                continue  # the store is down: the leases come back with the first beat after it returns
+            except Exception:
+                logger.exception("lease heartbeat failed; it beats again in %.1f s", ttl / 3)
+                continue
+            # A stream that ended while the beat was in flight may have had its lease put back: take it out again.
+            for principal, lease in set(held) - self._leases:
+                await self.give_back(principal, lease, (0, 0), 0)
 
 
 def _headers(decision: Decision) -> dict[str, str]:

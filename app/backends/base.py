@@ -2,14 +2,16 @@
 
 Three kinds of limit, each decided in one atomic step (one Lua script in Redis, never get-then-set):
 - `hit`: requests per window, by GCRA (a sliding window that stores one timestamp per key, not every request);
-- `acquire` / `renew` / `release`: concurrent leases (one per open stream) that expire unless renewed, so a crashed
-  worker's streams stop counting after `ttl`;
+- `acquire` / `assert_leases` / `release`: concurrent leases (one per open stream) that expire unless asserted
+  again, so a crashed worker's streams stop counting after `ttl`, and a store that lost them has them back at the
+  next heartbeat;
 - `reserve` / `settle`: a token budget per window; admission reserves an estimate, the end settles the real count
   (a refund when it used less).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +33,10 @@ class Backend(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise `BackendUnavailable` unless the store answers now (the startup check)."""
+        ...
+
     async def hit(self, key: str, limit: int, window: float) -> Decision:
         """Count one request against `limit` per `window` seconds."""
         ...
@@ -39,8 +45,8 @@ class Backend(Protocol):
         """Take one of `limit` concurrent leases, held for `ttl` seconds unless renewed."""
         ...
 
-    async def renew(self, key: str, lease: str, ttl: float) -> bool:
-        """Extend a lease; False if it had already expired or been released."""
+    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+        """Hold each `(key, lease)` for `ttl` seconds more, adding back any the store lost (one round trip)."""
         ...
 
     async def release(self, key: str, lease: str) -> None: ...

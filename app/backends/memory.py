@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 
 from app.backends.base import Decision
 
@@ -21,6 +22,9 @@ class MemoryBackend:
             self._tat = {k: v for k, v in self._tat.items() if v > now}
 
     async def open(self) -> None:
+        return None
+
+    async def ping(self) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -64,14 +68,10 @@ class MemoryBackend:
         self._leases[key] = leases
         return Decision(True, limit, limit - len(leases), ttl)
 
-    async def renew(self, key: str, lease: str, ttl: float) -> bool:
-        leases = self._leases.get(key, {})
-        now = time.monotonic()
-        if leases.get(lease, 0.0) <= now:
-            leases.pop(lease, None)
-            return False
-        leases[lease] = now + ttl
-        return True
+    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+        expiry = time.monotonic() + ttl
+        for key, lease in leases:
+            self._leases.setdefault(key, {})[lease] = expiry
 
     async def release(self, key: str, lease: str) -> None:
         leases = self._leases.get(key)

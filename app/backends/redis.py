@@ -3,13 +3,23 @@
 Works with Redis, Valkey and managed Redis (6.2+). Keys live under `key_prefix`; every key has a TTL, so nothing
 outlives its use. Connection problems raise `BackendUnavailable` quickly (short socket timeouts), so the limiter
 can apply its fail-open or fail-closed policy instead of hanging a request.
+
+A restarted Redis (or a failover, or a NAT that forgot the connection) leaves every pooled connection dead, and
+often nothing on the connection says so until a command is written to it. A command that fails with a connection
+error is therefore sent once more on a fresh connection (redis-py's `Retry`), so the first decision after Redis is
+back is already exact; time-outs are not retried, since the first attempt may have run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from app.backends.base import BackendUnavailable, Decision
@@ -67,16 +77,15 @@ if not held then count = count + 1 end
 return {1, limit - count, tostring(ttl)}
 """
 
-# KEYS[1]; ARGV: lease, ttl_ms. Returns 1 if renewed, 0 if the lease had expired or was gone.
-_RENEW = """
+# Re-assert leases this process holds, re-adding any that Redis lost (a restart, an eviction).
+# KEYS[1]; ARGV: ttl_ms, lease...
+_ASSERT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) <= now then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 0
+local expiry = now + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], expiry, ARGV[i])
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIRE', KEYS[1], tonumber(last[2]) - now + 1)
 return 1
@@ -94,18 +103,34 @@ class RedisBackend:
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The pooled client (also serving the session store), created on first use; it connects lazily."""
+        if self._redis is None:
+            # A blocking pool: a burst of requests queues briefly for a connection instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                retry_on_error=[RedisConnectionError],
+            )
+            self._redis = aioredis.Redis(connection_pool=pool)
+            for name, source in (("gcra", _GCRA), ("settle", _SETTLE), ("acquire", _ACQUIRE), ("assert", _ASSERT)):
+                self._scripts[name] = self._redis.register_script(source)
+        return self._redis
+
     async def open(self) -> None:
-        # A blocking pool: a burst of requests queues briefly for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=self._max_connections,
-            timeout=self._timeout,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
-        for name, source in (("gcra", _GCRA), ("settle", _SETTLE), ("acquire", _ACQUIRE), ("renew", _RENEW)):
-            self._scripts[name] = self._redis.register_script(source)
+        self._client()
+
+    async def ping(self) -> None:
+        """Raise `BackendUnavailable` unless Redis answers now (the startup check)."""
+        try:
+            await self._client().ping()
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis at {redacted_url(self._url)}: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._redis is not None:
@@ -133,8 +158,20 @@ class RedisBackend:
         )
         return Decision(bool(allowed), limit, int(remaining), float(reset_ms) / 1000)
 
-    async def renew(self, key: str, lease: str, ttl: float) -> bool:
-        return bool(await self._run("renew", f"{self._prefix}conc:{key}", [lease, max(1, int(ttl * 1000))]))
+    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+        by_key: dict[str, list[str]] = {}
+        for key, lease in leases:
+            by_key.setdefault(key, []).append(lease)
+        if not by_key:
+            return
+        pipe = self._client().pipeline(transaction=False)
+        ttl_ms = max(1, int(ttl * 1000))
+        for key, held in by_key.items():  # one call per principal, all of them in one round trip
+            await self._scripts["assert"](keys=[f"{self._prefix}conc:{key}"], args=[ttl_ms, *held], client=pipe)
+        try:
+            await pipe.execute()
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from exc
 
     async def release(self, key: str, lease: str) -> None:
         redis = self._client()
@@ -151,6 +188,16 @@ class RedisBackend:
             raise BackendUnavailable(f"Redis: {exc}") from exc
 
     def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            raise RuntimeError("RedisBackend used before open()")
-        return self._redis
+        return self.client
+
+
+def redacted_url(url: str) -> str:
+    """`url` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))

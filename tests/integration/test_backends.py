@@ -74,16 +74,23 @@ async def test_a_lease_not_renewed_expires(backend: Backend) -> None:
     assert 0 < refused.reset_after <= 0.2
     await asyncio.sleep(0.25)
     assert (await backend.acquire("p", "other", 1, 0.2)).allowed
-    assert not await backend.renew("p", "dead-worker", 0.2)
 
 
 async def test_renewal_keeps_a_lease(backend: Backend) -> None:
-    """Held past its first TTL only because it was renewed (margins of 0.3 s either side)."""
+    """Held past its first TTL only because it was asserted again (margins of 0.3 s either side)."""
     assert (await backend.acquire("p", "live", 1, 0.6)).allowed
     await asyncio.sleep(0.3)
-    assert await backend.renew("p", "live", 0.6)
+    await backend.assert_leases([("p", "live")], 0.6)
     await asyncio.sleep(0.45)  # past the first TTL (0.6 s), well inside the renewed one (0.9 s)
     assert not (await backend.acquire("p", "other", 1, 0.6)).allowed
+
+
+async def test_asserting_puts_back_leases_the_store_lost(backend: Backend) -> None:
+    """After a restart the store knows no lease; the heartbeat's assertion restores every one, on every principal."""
+    await backend.assert_leases([("p", "a"), ("p", "b"), ("q", "c")], 30)
+    assert not (await backend.acquire("p", "new", 2, 30)).allowed
+    assert not (await backend.acquire("q", "new", 1, 30)).allowed
+    assert (await backend.acquire("q", "new", 2, 30)).allowed
 
 
 async def test_token_budget_reserve_and_settle(backend: Backend) -> None:

@@ -40,6 +40,12 @@ class RedisServer:
                 return self
         raise RuntimeError("redis-server exited before it was ready")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill ends it: no goodbye on any connection beyond the kernel's."""
+        if self._process is not None:
+            self._process.kill()
+        self.stop()
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()

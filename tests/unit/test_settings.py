@@ -77,13 +77,56 @@ def test_bad_value_inside_a_provider_names_the_key() -> None:
 
 
 def test_models_must_name_configured_providers() -> None:
-    with pytest.raises(ConfigError, match="not a key of providers"):
-        parse_settings("default_model: m\nmodels:\n  m: {provider: nowhere, model: x}\n", {})
+    """Regression: reference errors pointed at line 1 of the file, wherever the offending key was."""
+    text = "default_model: m\nmodels:\n  other: {provider: echo, model: x}\n  m: {provider: nowhere, model: x}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, {})
+    assert "config.yaml:4: models.m.targets.0.provider: 'nowhere' is not a key of providers" in str(info.value)
+
+
+def test_a_target_list_reference_points_at_its_line() -> None:
+    text = "models:\n  m:\n    targets:\n      - {provider: echo, model: x}\n      - {provider: gone, model: y}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, {})
+    assert "config.yaml:5: models.m.targets.1.provider" in str(info.value)
 
 
 def test_default_model_must_exist() -> None:
-    with pytest.raises(ConfigError, match="default_model"):
-        parse_settings("default_model: missing\n", {})
+    with pytest.raises(ConfigError) as info:
+        parse_settings("server: {port: 8000}\ndefault_model: missing\n", {})
+    assert "config.yaml:2: default_model: 'missing' is not a key of models" in str(info.value)
+
+
+def test_the_first_model_is_the_default_when_none_is_named() -> None:
+    models = "models:\n  llama: {provider: up, model: x}\n  other: {provider: up, model: y}\n"
+    text = "providers:\n  up: {type: echo}\n" + models
+    assert parse_settings(text, {}).default_model == "llama"
+
+
+def test_the_old_shutdown_key_names_its_replacement() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings("server:\n  port: 8000\n  graceful_shutdown_seconds: 10\n", {})
+    assert "config.yaml:3: server.graceful_shutdown_seconds: renamed: write server.drain_seconds" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://user:pw@cache.example:6380", "unix:///run/redis.sock", ""]
+)
+def test_redis_urls_that_are_accepted(url: str) -> None:
+    assert parse_settings(f"state:\n  redis_url: '{url}'\n", {}).state.redis_url == url
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "redis://", "localhost"])
+def test_a_bad_redis_url_names_the_key_and_line(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(f"server: {{port: 1}}\nstate:\n  redis_url: '{url}'\n", {})
+    assert "config.yaml:3: state.redis_url:" in str(info.value)
+
+
+def test_a_bad_redis_url_never_shows_its_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings("state:\n  redis_url: 'http://user:hunter2-secret@cache:6379'\n", {})
+    assert "hunter2-secret" not in str(info.value)
 
 
 def test_settings_are_frozen() -> None:
