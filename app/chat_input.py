@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.errors import InvalidRequest
 from app.json_body import json_object, validated
 from providers.base import Message
 
@@ -64,5 +65,17 @@ def parse_json_body(body: bytes, content_type: str | None) -> ChatInput:
     return validated(ChatInput, json_object(body, content_type))
 
 
+# Query parameters a client might put a key in: refused by name, never read (URLs end up in logs and histories).
+CREDENTIAL_PARAMETERS = frozenset({"api_key", "apikey", "key", "access_token", "token", "authorization"})
+
+
 def parse_query(params: Mapping[str, str]) -> ChatInput:
+    for name in params:
+        if name.lower() in CREDENTIAL_PARAMETERS:
+            raise InvalidRequest(
+                f"{name}: keys are never accepted in the URL; send Authorization: Bearer <key> or X-API-Key, "
+                "or (EventSource) log in with POST /auth/session",
+                field=name,
+                status=400,
+            )
     return validated(ChatInput, dict(params))

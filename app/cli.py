@@ -13,6 +13,7 @@ import uvicorn
 
 from app.factory import create_server_app
 from app.logs import configure_logging
+from app.redaction import Redactor
 from app.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    configure_logging()
+    configure_logging(Redactor.from_settings(settings))
     if not settings.auth.keys and server.host not in ("127.0.0.1", "::1", "localhost"):
         logging.getLogger("tokenrelay").warning(
             "auth is off (no auth.keys configured) and the proxy listens on %s: anyone who can reach it can use it",

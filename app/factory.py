@@ -19,6 +19,7 @@ from app.chat_service import ChatService
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.limits import Limiter
 from app.logs import configure_logging
+from app.redaction import Redactor
 from app.routes.auth import close_session, open_session
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz, readyz
@@ -136,8 +137,9 @@ def _session_store(settings: Settings, backend: Backend) -> Store:
 
 def create_app_from_environment() -> Litestar:
     """The factory uvicorn calls in each worker process (`TOKENRELAY_CONFIG` names the file)."""
-    configure_logging()  # a worker process starts with no logging configured
-    return create_server_app(load_settings())
+    settings = load_settings()
+    configure_logging(Redactor.from_settings(settings))  # a worker process starts with no logging configured
+    return create_server_app(settings)
 
 
 def create_server_app(settings: Settings) -> Litestar:

@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import queue
 
+from app.redaction import Redactor
 from app.request_context import REQUEST_ID
 
 
@@ -22,9 +23,32 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
+class WithoutQueryString(logging.Filter):
+    """uvicorn's access log writes the path with its query string, which holds EventSource prompts and whatever a
+    user pasted into a URL: keep the path only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (args[0], args[1], args[2].partition("?")[0], args[3], args[4])
+        return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """The last line of defence: no configured secret or credential-shaped text is written, tracebacks included.
+    It runs in the listener thread, off the event loop."""
+
+    def __init__(self, fmt: str, redactor: Redactor) -> None:
+        super().__init__(fmt)
+        self._redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redactor.clean(super().format(record))
+
+
+def configure_logging(redactor: Redactor, level: str = "INFO") -> None:
     output = logging.StreamHandler()
-    output.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    output.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", redactor))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = logging.handlers.QueueHandler(records)
     handler.addFilter(RequestIdFilter())
@@ -34,3 +58,6 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, WithoutQueryString) for f in access.filters):
+        access.addFilter(WithoutQueryString())

@@ -7,6 +7,9 @@ The request's `model` chooses the behaviour, so one server serves every test and
     slow_headers?delay_ms=2000        wait before sending any response headers
     cutoff?n=3&mode=clean|abrupt      n tokens, then end the body (clean) or drop the socket (abrupt)
     stall?n=3                         n tokens, then silence until the client leaves
+    leak?code=400&shape=json          an error that quotes the request's credentials back (as some servers do):
+                                      shape json|text (with status `code`), inband|event (first thing in a 200
+                                      stream), midstream (after two tokens)
     <transcript name>                 replay a recorded-shape transcript given to the constructor
 
 Every request is recorded with what it sent and when the upstream saw its connection close, so tests can assert
@@ -224,6 +227,8 @@ class FakeUpstream:
             )
             await writer.drain()
             return True
+        if name == "leak":
+            return await _leak(record, writer, params)
         if name == "slow_headers":
             await _sleep_or_hangup(reader, float(params.get("delay_ms", "1000")) / 1000)
             if reader.at_eof():
@@ -265,6 +270,31 @@ class FakeUpstream:
         await writer.drain()
         record.finished_at = time.monotonic()
         return name != "cutoff"
+
+
+async def _leak(record: RequestRecord, writer: asyncio.StreamWriter, params: dict[str, str]) -> bool:
+    sent = record.headers.get("authorization") or record.headers.get("x-api-key", "")
+    quoted = f"invalid request: you sent Authorization: {sent} and x-api-key: {sent}; raw value {sent.split()[-1]}"
+    error = {"error": {"message": quoted, "type": "invalid_request_error", "code": "bad_header"}}
+    shape, code = params.get("shape", "json"), int(params.get("code", "400"))
+    if shape in ("json", "text"):
+        body = json.dumps(error).encode() if shape == "json" else quoted.encode()
+        kind = "application/json" if shape == "json" else "text/plain"
+        writer.write(
+            f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\ncontent-type: {kind}\r\n"
+            f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        return True
+    writer.write(_SSE_HEAD)
+    if shape == "midstream":
+        for event in itertools.islice(generated_stream("fake-model", 2), 3):
+            writer.write(_chunked(event))
+    prefix = b"event: error\n" if shape == "event" else b""
+    writer.write(_chunked(prefix + b"data: " + json.dumps(error).encode() + b"\n\n") + b"0\r\n\r\n")
+    await writer.drain()
+    return True
 
 
 async def _drain(writer: asyncio.StreamWriter, record: RequestRecord) -> None:

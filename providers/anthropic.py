@@ -21,7 +21,7 @@ from app.settings import AnthropicProviderSettings
 from providers.base import ChatRequest, Delta, Message, TokenUsage, ToolCallDelta, UpstreamTimeouts
 from providers.http_client import HttpClient, UpstreamResponse
 from providers.sse_decoder import SSEDecoder
-from providers.upstream_errors import error_message, status_error
+from providers.upstream_errors import UpstreamErrors
 
 STOP_REASONS = {
     "end_turn": "stop",
@@ -71,9 +71,10 @@ _decode_event = msgspec.json.Decoder(_Event).decode
 
 
 class AnthropicProvider:
-    def __init__(self, settings: AnthropicProviderSettings, http: HttpClient) -> None:
+    def __init__(self, settings: AnthropicProviderSettings, http: HttpClient, errors: UpstreamErrors) -> None:
         self._url = f"{settings.base_url}/v1/messages"
         self._http = http
+        self._errors = errors
         self._default_max_tokens = settings.default_max_tokens
         t = settings.timeouts
         self._timeouts = UpstreamTimeouts(connect=t.connect, first_byte=t.first_byte, read=t.read, pool=t.pool)
@@ -100,8 +101,8 @@ class AnthropicProvider:
         timeouts = request.timeouts or self._timeouts
         async with self._http.post(self._url, headers=headers, body=body, timeouts=timeouts) as response:
             if response.status != 200:
-                raise await status_error(response, request.model)
-            yield _deltas(response)
+                raise await self._errors.from_status(response, request.model)
+            yield _deltas(response, self._errors)
 
 
 def request_body(request: ChatRequest, default_max_tokens: int) -> dict[str, Any]:
@@ -190,9 +191,9 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     return None
 
 
-async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
+async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGenerator[Delta, None]:
     decoder = SSEDecoder()
-    message = _MessageStream()
+    message = _MessageStream(errors)
     async for raw in response.chunks():
         for event in decoder.feed(raw):
             for delta in message.feed(event.event, event.data):
@@ -205,7 +206,8 @@ async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
 class _MessageStream:
     """The state of one streamed message: which content blocks are tool calls, tokens in, the stop reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, errors: UpstreamErrors) -> None:
+        self._errors = errors
         self.stopped = False
         self._tool_index: dict[int, int] = {}  # content block index -> tool call index
         self._input_tokens = 0
@@ -215,7 +217,7 @@ class _MessageStream:
         if name == "ping":
             return []
         if name == "error":
-            raise UpstreamError(f"the upstream reported an error: {error_message(data)}")
+            raise self._errors.reported(data)
         try:
             event = _decode_event(data)
         except msgspec.DecodeError as exc:

@@ -19,7 +19,7 @@ from app.settings import OpenAIProviderSettings
 from providers.base import ChatRequest, Delta, Message, TokenUsage, ToolCallDelta, UpstreamTimeouts
 from providers.http_client import HttpClient, UpstreamResponse
 from providers.sse_decoder import ServerSentEvent, SSEDecoder
-from providers.upstream_errors import error_message, status_error
+from providers.upstream_errors import UpstreamErrors
 
 
 class _Function(msgspec.Struct):
@@ -66,9 +66,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 class OpenAIProvider:
-    def __init__(self, settings: OpenAIProviderSettings, http: HttpClient) -> None:
+    def __init__(self, settings: OpenAIProviderSettings, http: HttpClient, errors: UpstreamErrors) -> None:
         self._url = f"{settings.base_url}/chat/completions"
         self._http = http
+        self._errors = errors
         t = settings.timeouts
         self._timeouts = UpstreamTimeouts(connect=t.connect, first_byte=t.first_byte, read=t.read, pool=t.pool)
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **settings.headers}
@@ -84,8 +85,8 @@ class OpenAIProvider:
             self._url, headers=headers, body=_request_body(request), timeouts=timeouts
         ) as response:
             if response.status != 200:
-                raise await status_error(response, request.model)
-            yield _deltas(response)
+                raise await self._errors.from_status(response, request.model)
+            yield _deltas(response, self._errors)
 
     async def open(self) -> None:
         await self._http.open()
@@ -134,7 +135,7 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
-async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
+async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGenerator[Delta, None]:
     decoder = SSEDecoder()
     finished = False
     async for raw in response.chunks():
@@ -146,7 +147,7 @@ async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
                 done = True
                 break
             try:
-                deltas = _event_deltas(event)
+                deltas = _event_deltas(event, errors)
             except UpstreamError as error:
                 failure = error  # relay what came before it first
                 break
@@ -165,20 +166,20 @@ async def _deltas(response: UpstreamResponse) -> AsyncGenerator[Delta, None]:
         raise UpstreamError("the upstream ended the stream without a finish reason or [DONE]")
 
 
-def _event_deltas(event: ServerSentEvent) -> list[Delta]:
+def _event_deltas(event: ServerSentEvent, errors: UpstreamErrors) -> list[Delta]:
     if event.event == "error":
-        raise UpstreamError(f"the upstream reported an error: {error_message(event.data)}")
-    return [_chunk_delta(event.data)]
+        raise errors.reported(event.data)
+    return [_chunk_delta(event.data, errors)]
 
 
-def _chunk_delta(data: str) -> Delta:
+def _chunk_delta(data: str, errors: UpstreamErrors) -> Delta:
     """One chunk as one delta, carrying the chunk's own text for lossless pass-through."""
     try:
         chunk = _decode_chunk(data)
     except msgspec.DecodeError as exc:
         raise UpstreamError(f"the upstream sent a malformed chunk: {exc}") from None
     if chunk.error is not None:
-        raise UpstreamError(f"the upstream reported an error: {chunk.error.message or 'no message'}")
+        raise errors.reported(data)
     text = reasoning = ""
     tool_calls: tuple[ToolCallDelta, ...] = ()
     finish_reason: str | None = None

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.errors import ModelNotFound
+from app.redaction import Redactor
 from app.settings import AnthropicProviderSettings, EchoProviderSettings, Settings, Timeouts
 from providers.anthropic import AnthropicProvider
 from providers.base import Provider, UpstreamTimeouts
 from providers.echo import EchoProvider
 from providers.http_client import build_http_client
 from providers.openai import OpenAIProvider
+from providers.upstream_errors import UpstreamErrors
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +35,16 @@ class ProviderRegistry:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._providers: dict[str, Provider] = {}
+        errors = UpstreamErrors(Redactor.from_settings(settings))
         for name, config in settings.providers.items():
             if isinstance(config, EchoProviderSettings):
                 self._providers[name] = EchoProvider(config)
                 continue
             http = build_http_client(config.http_client, max_connections=config.max_connections)
             if isinstance(config, AnthropicProviderSettings):
-                self._providers[name] = AnthropicProvider(config, http)
+                self._providers[name] = AnthropicProvider(config, http, errors)
             else:
-                self._providers[name] = OpenAIProvider(config, http)
+                self._providers[name] = OpenAIProvider(config, http, errors)
         self._routes = {
             public: Route(
                 public,

@@ -26,3 +26,23 @@ def test_an_unreachable_redis_at_startup_is_one_clear_line(tmp_path: Path, polic
     assert "Traceback" not in log
     assert "hunter2-secret" not in log
     assert response.status_code == (200 if policy == "fail_open" else 503)
+
+
+def test_query_strings_and_keys_in_urls_never_reach_the_log(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(ECHO)
+    with served(config) as proxy:
+        ok = httpx.get(f"{proxy.base}/chat/stream", params={"prompt": "secret-words"}, timeout=10)
+        keyed = httpx.get(
+            f"{proxy.base}/chat/stream",
+            params={"prompt": "secret-words", "api_key": "sk-pasted-0123456789"},
+            timeout=10,
+        )
+        # The access line of the last request is the event to wait for.
+        log = "".join(proxy.wait_for_lines(lambda lines: sum('"GET /chat/stream HTTP/1.1"' in x for x in lines) >= 2))
+    assert ok.status_code == 200
+    assert keyed.status_code == 400
+    assert keyed.json()["error"]["field"] == "api_key"
+    assert '"GET /chat/stream HTTP/1.1" 200' in log
+    assert "secret-words" not in log
+    assert "pasted" not in log

@@ -8,15 +8,17 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.redaction import Redactor
 from providers.anthropic import _MessageStream, request_body
 from providers.base import ChatRequest, Delta, Message, ToolCall
 from providers.sse_decoder import SSEDecoder
+from providers.upstream_errors import UpstreamErrors
 
 TRANSCRIPT = (Path(__file__).resolve().parents[1] / "fixtures" / "anthropic" / "tool_use.sse").read_bytes()
 
 
 def decode(chunks: list[bytes]) -> list[Delta]:
-    decoder, message, out = SSEDecoder(), _MessageStream(), []
+    decoder, message, out = SSEDecoder(), _MessageStream(UpstreamErrors(Redactor(()))), []
     for chunk in chunks:
         for event in decoder.feed(chunk):
             out.extend(message.feed(event.event, event.data))
