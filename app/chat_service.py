@@ -8,9 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie
 
 from app.chat_input import ChatInput
+from app.json_body import read_body
 from app.limits import Limiter
 from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
 from app.openai_input import ChatCompletionInput
@@ -32,7 +35,7 @@ DEFAULT_COMPLETION_RESERVE = 1024
 @dataclass(frozen=True, slots=True)
 class Caller:
     identity: Identity | None  # the API key, when one was presented or a session holds one
-    principal: str  # what limits count against: key, else session, else client address
+    principal: str  # what limits count against: the key, else the client address
 
 
 class ChatService:
@@ -60,15 +63,20 @@ class ChatService:
         headers = connection.headers
         peer = connection.client.host if connection.client else None
         identity = self._auth.identify(headers, session)
-        sid = (session or {}).get("sid")
         principal = principal_key(
             api_key_id=identity.key_id if identity else None,
-            session_id=sid if isinstance(sid, str) else None,
             peer=peer,
             headers=headers,
             trusted=self._settings.limits.trusted_proxies,
         )
         return Caller(identity, principal)
+
+    async def end_session(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Cookie:
+        return await self._sessions.end(connection)
+
+    async def read_body(self, request: Request[Any, Any, Any]) -> bytes:
+        """The request body, or 408 if it does not arrive within `server.body_timeout_seconds`."""
+        return await read_body(request, self._settings.server.body_timeout_seconds)
 
     @property
     def session_seconds(self) -> int:
@@ -77,7 +85,7 @@ class ChatService:
     async def login(self, peer: str | None, headers: Mapping[str, str], offered: str | None) -> str | None:
         """The key id a session may carry (None: anonymous, when auth is off); raises `Unauthorized`."""
         address = principal_key(
-            api_key_id=None, session_id=None, peer=peer, headers=headers, trusted=self._settings.limits.trusted_proxies
+            api_key_id=None, peer=peer, headers=headers, trusted=self._settings.limits.trusted_proxies
         )
         await self._limiter.check_request(f"login:{address}")
         identity = self._auth.identify({"x-api-key": offered} if offered else headers, None)

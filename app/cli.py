@@ -1,30 +1,32 @@
-"""`tokenrelay serve [--host H] [--port P] [--config FILE] [--workers N]`."""
+"""`tokenrelay serve [--host H] [--port P] [--config FILE] [--workers N]`, `tokenrelay --version`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-import uvicorn
-
-from app.factory import create_server_app
+from app.backends.redis import redacted_url
 from app.logs import configure_logging
 from app.redaction import Redactor
-from app.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+from app.server import serve
+from app.settings import CONFIG_ENV, ConfigError, Settings, config_path, load_settings
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenrelay", description="LLM token-streaming proxy")
+    parser.add_argument("--version", action="version", version=f"tokenrelay {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--host", help="address to bind (default: server.host from the config)")
-    serve.add_argument("--port", type=int, help="port to bind (default: server.port from the config)")
-    serve.add_argument("--config", help=f"configuration file (default: ${CONFIG_ENV}, else ./config.yaml)")
-    serve.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
+    serve_command = commands.add_parser("serve", help="run the proxy")
+    serve_command.add_argument("--host", help="address to bind (default: server.host from the config)")
+    serve_command.add_argument("--port", type=int, help="port to bind (default: server.port from the config)")
+    serve_command.add_argument("--config", help=f"configuration file (default: ${CONFIG_ENV}, else ./config.yaml)")
+    serve_command.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
     args = parser.parse_args(argv)
 
     try:
@@ -43,39 +45,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     configure_logging(Redactor.from_settings(settings))
-    if not settings.auth.keys and server.host not in ("127.0.0.1", "::1", "localhost"):
-        logging.getLogger("tokenrelay").warning(
-            "auth is off (no auth.keys configured) and the proxy listens on %s: anyone who can reach it can use it",
-            server.host,
-        )
+    source = config_path(args.config, os.environ)
+    log_startup(settings, str(source) if source else "(embedded defaults)")
     if args.config:
         # Worker processes re-read the configuration; the environment is how uvicorn hands it to them.
         os.environ[CONFIG_ENV] = args.config
-    serve_app(settings)
+    serve(settings)
     return 0
 
 
-def serve_app(settings: Settings) -> None:
-    """Run the server in this process (one worker) or in `server.workers` worker processes, until stopped."""
-    server = settings.server
-    options: dict[str, Any] = {
-        "host": server.host,
-        "port": server.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "log_config": None,
-        # tokenrelay's own drain (app/shutdown.py) has ended every stream before uvicorn hears the signal: what
-        # uvicorn still waits for is at most a short non-stream request.
-        "timeout_graceful_shutdown": 1,
-        "timeout_keep_alive": server.keepalive_seconds,
-        # X-Forwarded-For is judged by limits.trusted_proxies alone; uvicorn would otherwise trust 127.0.0.1.
-        "proxy_headers": False,
-    }
-    if server.workers > 1:
-        # Each worker builds its own app from the same configuration file (a factory, by import path).
-        uvicorn.run("app.factory:create_app_from_environment", factory=True, workers=server.workers, **options)
+def version() -> str:
+    try:
+        return importlib.metadata.version("tokenrelay")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def log_startup(settings: Settings, source: str) -> None:
+    """One line an operator reads first, then a warning for each way this server is more open than it looks."""
+    logger = logging.getLogger("tokenrelay")
+    server, auth = settings.server, settings.auth
+    if auth.keys:
+        mode = f"keys ({len(auth.keys)})"
+    elif auth.open:
+        mode = "open (no keys: every client is served)"
     else:
-        uvicorn.run(create_server_app(settings), **options)
+        mode = "protected (no keys: loopback clients only)"
+    state = f"redis {redacted_url(settings.state.redis_url)}" if settings.state.redis_url else "memory (this process)"
+    logger.info(
+        "tokenrelay %s config=%s listen=%s:%d workers=%d models=%s default_model=%s auth=%s state=%s",
+        version(), source, server.host, server.port, server.workers, ",".join(settings.models),
+        settings.default_model, mode, state,
+    )  # fmt: skip
+    beyond_loopback = server.host not in LOOPBACK_HOSTS
+    if not auth.keys and auth.open:
+        logger.warning("auth.open is true: every client that can reach %s is served without a key", server.host)
+    elif not auth.keys and beyond_loopback:
+        logger.warning(
+            "protected mode: listening on %s with no auth.keys, so clients beyond this machine get 403; "
+            "configure auth.keys, or set auth.open: true to serve them without a key",
+            server.host,
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     │   ├── InvalidRequest               400/415/422 invalid_request (names the field)
     │   ├── ModelNotFound                404 model_not_found
     │   ├── RouteNotFound                404/405 not_found / method_not_allowed
-    │   └── RequestTooLarge              413 request_too_large
+    │   ├── RequestTooLarge              413 request_too_large
+    │   └── RequestTimeout               408 request_timeout (the body did not arrive in time)
     ├── PolicyError                      fault: policy (the request is fine, a rule refused it)
     │   ├── Unauthorized                 401 unauthorized
     │   ├── Forbidden                    403 forbidden
@@ -91,6 +92,16 @@ class RequestTooLarge(CallerError):
     code = "request_too_large"
 
 
+class RequestTimeout(CallerError):
+    """The client did not send its request in time; the connection is closed after the answer."""
+
+    status = 408
+    code = "request_timeout"
+
+    def response_headers(self) -> dict[str, str]:
+        return {**super().response_headers(), "connection": "close"}
+
+
 class PolicyError(ProxyError):
     fault = "policy"
     status = 403
@@ -100,6 +111,10 @@ class PolicyError(ProxyError):
 class Unauthorized(PolicyError):
     status = 401
     code = "unauthorized"
+
+    def response_headers(self) -> dict[str, str]:
+        # RFC 9110: a 401 says how to authenticate.
+        return {**super().response_headers(), "www-authenticate": 'Bearer realm="tokenrelay"'}
 
 
 class Forbidden(PolicyError):
@@ -169,6 +184,7 @@ _OPENAI_TYPES = {
     "not_found": "invalid_request_error",
     "method_not_allowed": "invalid_request_error",
     "request_too_large": "invalid_request_error",
+    "request_timeout": "invalid_request_error",
     "unauthorized": "authentication_error",
     "forbidden": "permission_error",
     "rate_limited": "rate_limit_error",

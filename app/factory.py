@@ -27,6 +27,7 @@ from app.routes.openai import chat_completions, list_models
 from app.sessions import SKIP_SESSION, SessionReader
 from app.settings import Settings, load_settings
 from app.shutdown import ShutdownDrain
+from middleware.access import AccessPolicyMiddleware
 from middleware.auth import Authenticator
 from middleware.correlation import CorrelationIdMiddleware
 from middleware.security_headers import SecurityHeadersMiddleware, security_headers
@@ -116,7 +117,13 @@ def create_app(settings: Settings) -> Litestar:
     )
     # Litestar runs its middleware only on matched routes; wrapping the handler covers 404 and 405 too.
     headers = security_headers(settings.security.headers)
-    app.asgi_handler = CorrelationIdMiddleware(SecurityHeadersMiddleware(app.asgi_handler, headers))
+    access = AccessPolicyMiddleware(
+        app.asgi_handler,
+        loopback_only=not settings.auth.keys and not settings.auth.open,
+        allowed_origins=settings.security.cors.allow_origins,
+        trusted_proxies=settings.limits.trusted_proxies,
+    )
+    app.asgi_handler = CorrelationIdMiddleware(SecurityHeadersMiddleware(access, headers))
     return app
 
 

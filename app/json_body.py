@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import msgspec
+from litestar import Request
 from pydantic import BaseModel, ValidationError
 
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, RequestTimeout
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def read_body(request: Request[Any, Any, Any], seconds: float) -> bytes:
+    """The whole body, or `RequestTimeout` (408) if it has not arrived within `seconds` (a stalled or trickling
+    upload would otherwise hold its connection and its task for ever)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.body()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
 
 
 def json_object(body: bytes, content_type: str | None) -> dict[str, Any]:

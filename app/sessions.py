@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 
 from app.errors import LimitsUnavailable
@@ -38,3 +39,24 @@ class SessionReader:
                 raise LimitsUnavailable("sessions are unavailable; try again shortly", retry_after=1) from exc
             return None
         return data or None
+
+    async def end(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Cookie:
+        """Delete the connection's session from the store; the cookie returned expires it in the browser now.
+
+        (Litestar's own clearing sends `Expires` in the past beside the configured `Max-Age`, and browsers obey
+        `Max-Age`: the cookie would live on for a day.)
+        """
+        session_id = connection.cookies.get(self._config.key)
+        if session_id:
+            store = self._config.get_store_from_app(connection.scope["app"])
+            await self._backend.delete(session_id, store=store)
+        return Cookie(
+            key=self._config.key,
+            value="",
+            max_age=0,
+            expires=0,
+            path=self._config.path,
+            secure=self._config.secure,
+            httponly=True,
+            samesite=self._config.samesite,
+        )

@@ -58,6 +58,7 @@ class ServerSettings(_Frozen):
     header_timeout_seconds: float = Field(default=10, gt=0, description="a request's headers must arrive in this")
     body_timeout_seconds: float = Field(default=30, gt=0, description="a request's body must arrive in this")
     keepalive_seconds: float = Field(default=5, gt=0, description="an idle keep-alive connection is closed after")
+    backlog: int = Field(default=4096, ge=1, description="connections the kernel queues before accepting")
 
     @model_validator(mode="before")
     @classmethod
@@ -330,7 +331,7 @@ class Settings(_Frozen):
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Load settings from `path`, else `$TOKENRELAY_CONFIG`, else `./config.yaml`, else the embedded defaults."""
     env = os.environ if environ is None else environ
-    chosen = Path(path) if path is not None else _config_path_from(env)
+    chosen = config_path(path, env)
     if chosen is None:
         return Settings()
     try:
@@ -340,7 +341,10 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
     return parse_settings(text, env, source=str(chosen))
 
 
-def _config_path_from(env: Mapping[str, str]) -> Path | None:
+def config_path(path: Path | str | None, env: Mapping[str, str]) -> Path | None:
+    """The file `load_settings` reads: `path`, else `$TOKENRELAY_CONFIG`, else `./config.yaml`; None: defaults."""
+    if path is not None:
+        return Path(path)
     named = env.get(CONFIG_ENV)
     if named:
         return Path(named)

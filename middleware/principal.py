@@ -1,4 +1,7 @@
-"""Who a request is, for limits: an API key's id, else a session, else the client's address.
+"""Who a request is, for limits: an API key's id, else the client's address.
+
+A browser session adds no capacity: anyone can mint sessions, so counting one apart from its address would let an
+address multiply its own limits. A session that carries a key (POST /auth/session) counts as that key.
 
 `X-Forwarded-For` is believed only when the connection comes from a configured trusted proxy, and then only up to
 the first address that is not itself a trusted proxy (the rightmost untrusted hop), so a client cannot choose its
@@ -27,15 +30,12 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: frozens
 def principal_key(
     *,
     api_key_id: str | None,
-    session_id: str | None,
     peer: str | None,
     headers: Mapping[str, str],
     trusted: Iterable[str],
 ) -> str:
     if api_key_id:
         return f"key:{api_key_id}"
-    if session_id:
-        return f"session:{session_id}"
     return f"ip:{client_address(peer, headers.get('x-forwarded-for'), frozenset(trusted))}"
 
 

@@ -30,5 +30,5 @@ async def chat_stream_post(
     chat_service: NamedDependency[ChatService],
 ) -> ASGIApp:
     caller = await chat_service.caller(request)
-    chat = parse_json_body(await request.body(), request.headers.get("content-type"))
+    chat = parse_json_body(await chat_service.read_body(request), request.headers.get("content-type"))
     return await chat_service.open_sse(chat, request_id_of(request.scope), caller)

@@ -20,7 +20,7 @@ async def chat_completions(
     chat_service: NamedDependency[ChatService],
 ) -> ASGIApp:
     caller = await chat_service.caller(request)
-    chat = parse_chat_completion(await request.body(), request.headers.get("content-type"))
+    chat = parse_chat_completion(await chat_service.read_body(request), request.headers.get("content-type"))
     return await chat_service.open_completion(chat, request_id_of(request.scope), caller)
 
 

@@ -122,4 +122,4 @@ def test_auth_off_beyond_loopback_warns_at_startup(tmp_path: Path) -> None:
         process.terminate()
         process.wait(15)
         process.stdout.close()
-    assert any("auth is off" in line and "0.0.0.0" in line for line in seen), seen
+    assert any("protected mode" in line and "0.0.0.0" in line for line in seen), seen

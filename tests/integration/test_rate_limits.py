@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 
+from app.settings import AuthSettings, EchoProviderSettings
 from bench.fake_upstream import FakeUpstream
 from tests.support.client import post_stream
 from tests.support.redis_server import RedisServer
@@ -26,9 +29,12 @@ def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
 
 def settings_for(store: str, upstream: FakeUpstream | None = None, *models: str, **limits: Any) -> Any:
     settings = proxy_settings(upstream, *models, limits=limits, redis_url=store)
-    # Each test its own keys in the shared Redis.
+    # Each test its own keys in the shared Redis; clients "behind proxies" (X-Forwarded-For) are not loopback.
     return settings.model_copy(
-        update={"state": settings.state.model_copy(update={"key_prefix": f"t-{uuid.uuid4().hex}:"})}
+        update={
+            "state": settings.state.model_copy(update={"key_prefix": f"t-{uuid.uuid4().hex}:"}),
+            "auth": AuthSettings(open=True),
+        }
     )
 
 
@@ -104,17 +110,30 @@ async def test_x_forwarded_for_only_from_trusted_proxies(store: str) -> None:
     assert (a.status_code, b.status_code) == (200, 429)  # a forged header does not make a new principal
 
 
-async def test_an_anonymous_session_is_its_own_principal() -> None:
-    """With auth off, a browser's session (POST /auth/session) is counted apart from its address."""
-    with running_proxy(proxy_settings(limits={"requests_per_minute": 2})) as base:
-        async with httpx.AsyncClient(timeout=10) as browser, httpx.AsyncClient(timeout=10) as script:
-            login = await browser.post(f"{base}/auth/session")
-            assert login.status_code == 200
-            assert login.json()["key_id"] is None
-            browser_statuses = [
-                (await browser.get(f"{base}/chat/stream", params={"prompt": "hi"})).status_code for _ in range(3)
-            ]
-            # Same address, no cookie: its own budget, untouched by the browser's.
-            script_status = (await script.post(f"{base}/chat/stream", json={"prompt": "hi"})).status_code
-    assert browser_statuses == [200, 200, 429]
-    assert script_status == 200
+async def test_sessions_never_multiply_an_address_s_limits() -> None:
+    """Regression: with auth off, each anonymous session was its own principal, so one address could mint sessions
+    and open its stream limit once per session."""
+    limits = {"requests_per_minute": 0, "concurrent_streams": 2}
+    settings = proxy_settings(limits=limits).model_copy(
+        update={"providers": {"echo": EchoProviderSettings(type="echo", tokens_per_second=2, first_token_delay_ms=0)}}
+    )
+    with running_proxy(settings) as base:
+        async with AsyncExitStack() as stack:
+            browsers = [await stack.enter_async_context(httpx.AsyncClient(timeout=10)) for _ in range(3)]
+            statuses = []
+            for browser in browsers:
+                assert (await browser.post(f"{base}/auth/session")).status_code == 200
+                for _ in range(2):
+                    request = browser.build_request("GET", f"{base}/chat/stream", params={"prompt": "a b c d e f"})
+                    response = await stack.enter_async_context(_streaming(browser, request))
+                    statuses.append(response.status_code)
+    assert statuses == [200, 200, 429, 429, 429, 429], "three sessions of one address share its two streams"
+
+
+@asynccontextmanager
+async def _streaming(client: httpx.AsyncClient, request: httpx.Request) -> AsyncIterator[httpx.Response]:
+    response = await client.send(request, stream=True)
+    try:
+        yield response
+    finally:
+        await response.aclose()

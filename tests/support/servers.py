@@ -1,15 +1,16 @@
-"""Real servers on loopback: the proxy under uvicorn (uvloop + httptools, as in production) in a thread."""
+"""Real servers on loopback: the proxy under uvicorn (uvloop + httptools, configured as in production) in a thread."""
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import uvicorn
 
 from app.factory import create_app
+from app.server import server_config
 from app.settings import (
     EchoProviderSettings,
     ModelRoute,
@@ -29,7 +30,7 @@ def proxy_settings(
     ping_interval: float = 15.0,
     timeouts: Timeouts | None = None,
     max_body_bytes: int = 1024 * 1024,
-    limits: dict[str, object] | None = None,
+    limits: Mapping[str, object] | None = None,
     redis_url: str = "",
 ) -> Settings:
     """Settings whose public model names are the fake upstream's scenario names (see bench/fake_upstream.py)."""
@@ -70,15 +71,8 @@ def running_proxy(settings: Settings) -> Iterator[str]:
     # Listening before uvicorn starts: early connections wait in the backlog, so no readiness polling is needed.
     sock.listen(1024)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings),
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=2,
-        proxy_headers=False,  # as tokenrelay serve runs it
-    )
+    # The production server configuration (protocol, timeouts, proxy headers off), on this socket.
+    config = server_config(create_app(settings), settings, lifespan="on", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy", daemon=True)
     thread.start()

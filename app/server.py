@@ -1,0 +1,107 @@
+"""Running the app under uvicorn (uvloop + httptools) with the time limits a hostile network needs.
+
+uvicorn closes an idle keep-alive connection after `timeout_keep_alive`, but it has no limit for a connection that
+never sends a request, nor for one that sends its headers a byte at a time: each holds a file descriptor for ever,
+and a few hundred of them starve real clients (a slowloris). `GuardedHttpToolsProtocol` gives every request
+`server.header_timeout_seconds` from its first byte (or from the connection's opening) to complete its headers,
+then answers 408 and closes. Bodies are bounded in the app (`server.body_timeout_seconds`, a 408 JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
+
+from app.factory import create_server_app
+from app.settings import Settings
+
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 95\r\n\r\n"
+    b'{"error":{"message":"the request headers did not arrive in time","type":"invalid_request_error"}}'
+)
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's configuration plus tokenrelay's own limits (it is pickled into each worker process)."""
+
+    def __init__(self, app: Any, *, header_timeout: float, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.header_timeout = header_timeout
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a deadline for each request's headers."""
+
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_deadline is None:
+            self._arm()  # the next request on a kept-alive connection has begun
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        timeout = getattr(self.config, "header_timeout", None)
+        if timeout:
+            self._header_deadline = self.loop.call_later(timeout, self._headers_timed_out)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.write(_TIMED_OUT)
+            self.transport.close()
+
+
+def server_config(app: Any, settings: Settings, **overrides: Any) -> ServerConfig:
+    server = settings.server
+    options: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "loop": "uvloop",
+        "http": GuardedHttpToolsProtocol,
+        "log_config": None,
+        "backlog": server.backlog,
+        "timeout_keep_alive": server.keepalive_seconds,
+        # tokenrelay's own drain (app/shutdown.py) has ended every stream before uvicorn hears the signal: what
+        # uvicorn still waits for is at most a short non-stream request.
+        "timeout_graceful_shutdown": 1,
+        # X-Forwarded-For is judged by limits.trusted_proxies alone; uvicorn would otherwise trust 127.0.0.1.
+        "proxy_headers": False,
+    }
+    return ServerConfig(app, header_timeout=server.header_timeout_seconds, **(options | overrides))
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in this process (one worker) or in `server.workers` worker processes, until stopped."""
+    if settings.server.workers > 1:
+        # Each worker builds its own app from the same configuration file (a factory, by import path).
+        config = server_config(
+            "app.factory:create_app_from_environment", settings, factory=True, workers=settings.server.workers
+        )
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return
+    server = uvicorn.Server(server_config(create_server_app(settings), settings))
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's own exit status for a failed startup
