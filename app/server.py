@@ -5,11 +5,18 @@ never sends a request, nor for one that sends its headers a byte at a time: each
 and a few hundred of them starve real clients (a slowloris). `GuardedHttpToolsProtocol` gives every request
 `server.header_timeout_seconds` from its first byte (or from the connection's opening) to complete its headers,
 then answers 408 and closes. Bodies are bounded in the app (`server.body_timeout_seconds`, a 408 JSON).
+
+A deadline alone still lets an attacker hold every descriptor for that long, and once the process runs out, the
+event loop resets each new connection. So the server also keeps a budget of connections (three quarters of its
+file-descriptor limit; streams need a second descriptor upstream): past it, each new connection closes the oldest
+one that is between requests (idle, or still sending its headers). A real client sends its request at once and is
+never the oldest such connection for long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 from typing import Any
 
@@ -29,19 +36,26 @@ _TIMED_OUT = (
 class ServerConfig(uvicorn.Config):
     """uvicorn's configuration plus tokenrelay's own limits (it is pickled into each worker process)."""
 
-    def __init__(self, app: Any, *, header_timeout: float, **options: Any) -> None:
+    def __init__(self, app: Any, *, header_timeout: float, connection_budget: int, **options: Any) -> None:
         super().__init__(app, **options)
         self.header_timeout = header_timeout
+        self.connection_budget = connection_budget
+        # This process's connections that are between requests, oldest first (a dict is an ordered set).
+        self.between_requests: dict[GuardedHttpToolsProtocol, None] = {}
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a deadline for each request's headers."""
+    """uvicorn's httptools protocol, with a deadline for each request's headers and a connection budget."""
 
     _header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+        self._idle(True)
+        budget = getattr(self.config, "connection_budget", 0)
+        if budget and len(self.connections) > budget:
+            self._shed_oldest_idle()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -50,11 +64,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._idle(False)
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._idle(True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._idle(False)
         super().connection_lost(exc)
+
+    def _idle(self, idle: bool) -> None:
+        waiting: dict[GuardedHttpToolsProtocol, None] | None = getattr(self.config, "between_requests", None)
+        if waiting is None:
+            return
+        if idle:
+            waiting[self] = None
+        else:
+            waiting.pop(self, None)
+
+    def _shed_oldest_idle(self) -> None:
+        waiting: dict[GuardedHttpToolsProtocol, None] = self.config.between_requests  # type: ignore[attr-defined]
+        for oldest in waiting:
+            if oldest is not self:
+                waiting.pop(oldest)
+                oldest.transport.abort()
+                return
 
     def _arm(self) -> None:
         timeout = getattr(self.config, "header_timeout", None)
@@ -89,7 +127,20 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> ServerConfi
         # X-Forwarded-For is judged by limits.trusted_proxies alone; uvicorn would otherwise trust 127.0.0.1.
         "proxy_headers": False,
     }
-    return ServerConfig(app, header_timeout=server.header_timeout_seconds, **(options | overrides))
+    return ServerConfig(
+        app,
+        header_timeout=server.header_timeout_seconds,
+        connection_budget=connection_budget(),
+        **(options | overrides),
+    )
+
+
+def connection_budget() -> int:
+    """Client connections this process keeps open at most (see the module's docstring)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(16, soft * 3 // 4 - 32)
 
 
 def serve(settings: Settings) -> None:
