@@ -13,6 +13,11 @@ from app.errors import InvalidRequest, RequestTimeout
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+# Deeper than any real request (a tool's JSON schema included); bounded so that nothing downstream recurses far.
+MAX_DEPTH = 64
+# Integers an upstream can take as they are: JSON's safe range (IEEE doubles).
+MAX_SAFE_INTEGER = 2**53 - 1
+
 
 async def read_body(request: Request[Any, Any, Any], seconds: float) -> bytes:
     """The whole body, or `RequestTimeout` (408) if it has not arrived within `seconds` (a stalled or trickling
@@ -33,11 +38,36 @@ def json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
         )
     try:
         data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except RecursionError:
+        raise InvalidRequest(f"the body nests deeper than {MAX_DEPTH} levels", field="body", status=400) from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # ValidationError: a number out of range
         raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object", field="body")
+    check_shape(data)
     return data
+
+
+def check_shape(data: dict[str, Any]) -> None:
+    """Refuse nesting past `MAX_DEPTH` (400) and integers past `MAX_SAFE_INTEGER` (422), naming where they are.
+
+    One pass over the decoded value, iterative (a hostile body must not make this recurse either).
+    """
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+                raise InvalidRequest(f"{path}: integer out of range (at most {MAX_SAFE_INTEGER})", field=path)
+            continue
+        if depth >= MAX_DEPTH:
+            raise InvalidRequest(f"{path}: nests deeper than {MAX_DEPTH} levels", field=path or "body", status=400)
+        for key, child in children:
+            stack.append((child, depth + 1, f"{path}.{key}" if path else str(key)))
 
 
 def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:

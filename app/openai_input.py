@@ -15,6 +15,7 @@ from app.json_body import json_object, validated
 from providers.base import Message, ToolCall
 
 MAX_STOP_SEQUENCES = 4
+MAX_TOKENS = 1_000_000  # beyond any model's output; a larger value is a client bug, not a request
 
 
 class _Function(BaseModel):
@@ -68,9 +69,9 @@ class ChatCompletionInput(BaseModel):
     model: str | None = Field(default=None, min_length=1, max_length=256)
     stream: bool = False
     stream_options: _StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None

@@ -170,3 +170,80 @@ def test_no_openai_body_yields_a_500(base: str, body: Any) -> None:
         error = response.json()["error"]
         assert error["request_id"] == response.headers["x-request-id"]
         assert error["type"] == "invalid_request_error"
+
+
+@pytest.fixture(scope="module")
+def roomy() -> Iterator[str]:
+    """The default body limit (1 MiB): room for bodies that are hostile in shape, not in size."""
+    with running_proxy(proxy_settings()) as url:
+        yield url
+
+
+_ENDPOINTS = ["/chat/stream", "/v1/chat/completions", "/auth/session"]
+_DEEP = [
+    b"[" * 20_000,
+    b'{"messages": [{"role": "user", "content": "hi"}], "prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+    b'{"messages": [{"role": "user", "content": "hi"}], "tools": ' + b'[{"a":' * 100 + b"1" + b"}]" * 100 + b"}",
+]
+
+
+@pytest.mark.parametrize("path", _ENDPOINTS)
+@pytest.mark.parametrize("raw", _DEEP, ids=["bare", "in-a-field", "just-past-the-limit"])
+async def test_deeply_nested_bodies_are_400(roomy: str, path: str, raw: bytes) -> None:
+    """Regression: 20 KB of nested `[` was a 500 with a traceback (a RecursionError nobody caught)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(f"{roomy}{path}", content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400, "invalid_request")
+    assert "nests deeper" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/chat/stream", {"prompt": "a", "max_tokens": 2**70}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "max_tokens": 2**70}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "seed": 2**70}, "seed"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "n": 10**6}, "n"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 10**9},
+            "max_completion_tokens",
+        ),
+    ],
+)
+async def test_out_of_range_integers_are_422_naming_the_field(
+    roomy: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    """Regression: a `max_tokens` of 2^70 was forwarded upstream."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(f"{roomy}{path}", json=body)
+    assert_error(response, 422, "invalid_request", field)
+
+
+async def test_a_number_json_cannot_hold_is_a_4xx(roomy: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(
+            f"{roomy}/chat/stream",
+            content=b'{"prompt": "a", "temperature": 1e400}',
+            headers={"content-type": "application/json"},
+        )
+    assert_error(response, 422, "invalid_request", "body")
+
+
+_HOSTILE = st.one_of(
+    st.integers(min_value=1, max_value=3000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(min_value=1, max_value=3000).map(lambda depth: '{"a":' * depth + "1" + "}" * depth),
+    st.integers(min_value=2**53 - 2, max_value=2**90).map(str),
+    st.sampled_from(["1e400", "-1e400", "123456789012345678901234567890", "1.5e308"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(_ENDPOINTS), field=_FIELDS | _OPENAI_FIELDS, value=_HOSTILE)
+def test_no_hostile_shape_yields_a_500(roomy: str, path: str, field: str, value: str) -> None:
+    content = '{"messages": [{"role": "user", "content": "hi"}], "' + field + '": ' + value + "}"
+    with httpx.Client(timeout=10) as client:
+        response = client.post(f"{roomy}{path}", content=content, headers={"content-type": "application/json"})
+    assert response.status_code < 500, response.text
+    if response.status_code != 200:
+        assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
