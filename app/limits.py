@@ -24,6 +24,12 @@ from app.settings import KeyLimitSettings, LimitSettings
 logger = logging.getLogger("tokenrelay.limits")
 
 WINDOW_SECONDS = 60.0
+STREAM_SECONDS_WEIGHT = 0.1  # of each finished stream in the moving average of stream length
+_LABELS = {
+    "requests_per_minute": "requests per minute",
+    "concurrent_streams": "open streams",
+    "tokens_per_minute": "tokens per minute",
+}
 
 
 class Admission:
@@ -43,11 +49,14 @@ class Admission:
         self._reserved = reserved  # (tokens reserved, the budget they came from)
         self.headers = headers
         self._closed = False
+        self._opened = time.monotonic()
 
     async def close(self, used_tokens: int) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._lease is not None:
+            self._limiter.stream_lasted(time.monotonic() - self._opened)
         await self._limiter.give_back(self.principal, self._lease, self._reserved, used_tokens)
 
 
@@ -59,6 +68,7 @@ class Limiter:
         self._leases: set[tuple[str, str]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self.fallback_decisions = 0  # decisions made locally because the shared store failed
+        self._mean_stream_seconds: float | None = None  # how long this process's streams last (moving average)
 
     async def open(self) -> None:
         await self._backend.open()
@@ -88,7 +98,7 @@ class Limiter:
         decision = await self._decide(lambda b: b.hit(principal, rpm, WINDOW_SECONDS))
         headers = _headers(decision)
         if not decision.allowed:
-            raise _refused("requests per minute", decision, headers)
+            raise _refused(principal, "requests_per_minute", decision.limit, decision.reset_after, headers)
         return headers
 
     async def admit(
@@ -104,13 +114,17 @@ class Limiter:
             decision = await self._decide(lambda b: b.hit(principal, rpm, WINDOW_SECONDS))
             headers = _headers(decision)
             if not decision.allowed:
-                raise _refused("requests per minute", decision, headers)
+                raise _refused(principal, "requests_per_minute", decision.limit, decision.reset_after, headers)
         lease: str | None = None
         if limits.concurrent_streams:
             ttl, most = limits.lease_ttl_seconds, limits.concurrent_streams
             decision = await self._decide(lambda b: b.acquire(principal, stream_id, most, ttl))
             if not decision.allowed:
-                raise _refused("open streams", decision, headers)
+                # A lease's expiry says when a crashed process's stream stops counting, not when a live one
+                # ends: the wait is estimated from how long streams last instead.
+                wait = self.expected_wait(most)
+                stream_headers = _headers(Decision(False, most, 0, wait))
+                raise _refused(principal, "concurrent_streams", most, wait, stream_headers)
             lease = stream_id
             self._leases.add((principal, stream_id))
         reserved = (0, 0)
@@ -119,9 +133,21 @@ class Limiter:
             decision = await self._decide(lambda b: b.reserve(principal, amount, budget, WINDOW_SECONDS))
             if not decision.allowed:
                 await self.give_back(principal, lease, (0, 0), 0)
-                raise _refused("tokens per minute", decision, headers)
+                raise _refused(principal, "tokens_per_minute", decision.limit, decision.reset_after, _headers(decision))
             reserved = (amount, budget)
         return Admission(self, principal, lease, reserved, headers)
+
+    def stream_lasted(self, seconds: float) -> None:
+        mean = self._mean_stream_seconds
+        self._mean_stream_seconds = seconds if mean is None else mean + STREAM_SECONDS_WEIGHT * (seconds - mean)
+
+    def expected_wait(self, open_streams: int) -> float:
+        """Seconds until one of `open_streams` running streams is likely to end: with streams of mean length m
+        ending independently, the first of n ends after about m / n. At least 1, at most a minute."""
+        mean = self._mean_stream_seconds
+        if mean is None:
+            return 1.0  # nothing measured yet: the first stream to end will tell
+        return min(WINDOW_SECONDS, max(1.0, mean / max(1, open_streams)))
 
     async def give_back(self, principal: str, lease: str | None, reserved: tuple[int, int], used_tokens: int) -> None:
         if lease is not None:
@@ -178,8 +204,10 @@ def _headers(decision: Decision) -> dict[str, str]:
     }
 
 
-def _refused(what: str, decision: Decision, headers: dict[str, str]) -> RateLimited:
-    retry_after = max(1, math.ceil(decision.reset_after))
-    error = RateLimited(f"rate limit reached: {what} ({decision.limit})", retry_after=retry_after)
-    error.extra_headers = headers or _headers(decision)
+def _refused(principal: str, limit: str, value: int, wait: float, headers: dict[str, str]) -> RateLimited:
+    """The 429 for `limit` (its config name), with that limit's own headers; logged, naming the limit."""
+    retry_after = max(1, math.ceil(wait))
+    logger.info("admission refused principal=%s limit=%s (%d) retry_after=%d", principal, limit, value, retry_after)
+    error = RateLimited(f"rate limit reached: {_LABELS[limit]} ({limit}: {value})", retry_after=retry_after)
+    error.extra_headers = headers
     return error

@@ -112,6 +112,7 @@ class StreamRun:
         self._outcome = "disconnected"
         self._failure: ProxyError | None = None
         self._usage: Usage | None = None
+        self._first_delta_at: float | None = None
         self.created = created
         self._started = time.monotonic()
 
@@ -188,6 +189,7 @@ class StreamRun:
         async with AsyncExitStack() as upstream:
             try:
                 target, deltas, first = await self._open(upstream)
+                self._first_delta_at = time.monotonic()
             except Exception as exc:
                 error = exc if isinstance(exc, ProxyError) else _internal(self.stream_id, exc)
                 if not self._committed:
@@ -393,16 +395,21 @@ class StreamRun:
         )
 
     def _finish(self) -> None:
+        """The stream's one log line: who (the key's id, never the key), what, how it ended, usage, timings."""
+        principal = self._admission.principal if self._admission is not None else "-"
+        key_id = principal.removeprefix("key:") if principal.startswith("key:") else "-"
+        if self._usage is not None:
+            prompt, completion, source = self._usage.prompt_tokens, self._usage.completion_tokens, "provider"
+        else:
+            prompt, completion = self._prompt_estimate, math.ceil(self._completion_chars / 4)
+            source = "estimated" if self._outcome == "done" else "partial"
+        ttft = "-" if self._first_delta_at is None else f"{(self._first_delta_at - self._started) * 1000:.1f}"
         logger.info(
-            "stream end id=%s request_id=%s model=%s provider=%s outcome=%s writes=%d seconds=%.3f",
-            self.stream_id,
-            self._request.request_id,
-            self._route.public_model,
-            self._served_by,
-            self._outcome,
-            self._writes,
-            time.monotonic() - self._started,
-        )
+            "stream end id=%s request_id=%s key=%s principal=%s model=%s provider=%s outcome=%s "
+            "prompt_tokens=%d completion_tokens=%d usage=%s ttft_ms=%s writes=%d seconds=%.3f",
+            self.stream_id, self._request.request_id, key_id, principal, self._route.public_model, self._served_by,
+            self._outcome, prompt, completion, source, ttft, self._writes, time.monotonic() - self._started,
+        )  # fmt: skip
 
 
 def _internal(stream_id: str, exc: Exception) -> InternalError:

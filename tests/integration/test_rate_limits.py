@@ -11,9 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from app.settings import AuthSettings, EchoProviderSettings
+from app.backends.memory import MemoryBackend
+from app.limits import Limiter
+from app.settings import AuthSettings, EchoProviderSettings, LimitSettings
 from bench.fake_upstream import FakeUpstream
 from tests.support.client import post_stream
+from tests.support.logs import RecordCollector
 from tests.support.redis_server import RedisServer
 from tests.support.servers import proxy_settings, running_proxy
 
@@ -137,3 +140,34 @@ async def _streaming(client: httpx.AsyncClient, request: httpx.Request) -> Async
         yield response
     finally:
         await response.aclose()
+
+
+async def test_the_open_streams_429_carries_that_limit_s_headers_and_names_it_in_the_log(
+    store: str, upstream: FakeUpstream, logs: RecordCollector
+) -> None:
+    slow = "gen?n=50&gap_ms=20"
+    settings = settings_for(store, upstream, slow, requests_per_minute=100, concurrent_streams=1)
+    with running_proxy(settings) as base:
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            client.stream("POST", f"{base}/chat/stream", json={"model": slow, "messages": USER}) as held,
+        ):
+            chunks = held.aiter_raw()
+            await chunks.__anext__()  # the stream is open and holds the only lease
+            refused = await client.post(f"{base}/chat/stream", json={"messages": USER})
+            await chunks.aclose()
+    assert refused.status_code == 429
+    assert refused.headers["x-ratelimit-limit"] == "1"  # the open-streams limit, not the request rate's 100
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert 1 <= int(refused.headers["retry-after"]) < settings.limits.lease_ttl_seconds
+    assert any("limit=concurrent_streams (1)" in m for m in logs.messages("admission refused"))
+
+
+def test_the_open_streams_wait_is_estimated_from_how_long_streams_last() -> None:
+    limiter = Limiter(LimitSettings(), MemoryBackend())
+    assert limiter.expected_wait(4) == 1.0  # nothing measured yet
+    for _ in range(50):
+        limiter.stream_lasted(12.0)
+    assert limiter.expected_wait(4) == pytest.approx(3.0)  # the first of four 12 s streams ends after ~3 s
+    assert limiter.expected_wait(1) == pytest.approx(12.0)
+    assert limiter.expected_wait(100) == 1.0

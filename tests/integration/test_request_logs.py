@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from app.logs import RequestIdFilter
 from app.settings import Settings
+from tests.support.logs import RecordCollector
 from tests.support.servers import running_proxy
 
 pytestmark = pytest.mark.anyio
@@ -58,3 +60,28 @@ async def test_log_lines_carry_the_request_id() -> None:
     assert any("upstream attempt failed" in m for m in messages), messages
     assert any(m.startswith("stream end") for m in messages), messages
     assert all(getattr(r, "request_id", "-") in ("trace-logs-1", "-") for r in captured.records)
+
+
+async def test_the_stream_end_line_says_who_what_usage_and_time_to_first_token(logs: RecordCollector) -> None:
+    key = "log-line-key-0123456789"
+    settings = Settings.model_validate(
+        {
+            "providers": {"echo": {"type": "echo", "tokens_per_second": 0, "first_token_delay_ms": 0}},
+            "models": {"echo": {"provider": "echo", "model": "echo"}},
+            "auth": {"keys": [{"id": "team-logs", "key": key}]},
+        }
+    )
+    with running_proxy(settings) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(
+                f"{base}/chat/stream", json={"prompt": "hi there"}, headers={"authorization": f"Bearer {key}"}
+            )
+        lines = await logs.wait_for(lambda messages: any(m.startswith("stream end") for m in messages))
+    assert response.status_code == 200
+    line = next(m for m in lines if m.startswith("stream end"))
+    assert "key=team-logs" in line
+    assert "outcome=done" in line
+    assert "usage=provider" in line
+    assert re.search(r"prompt_tokens=\d+ completion_tokens=\d+", line), line
+    assert re.search(r"ttft_ms=\d+\.\d", line), line
+    assert key not in "\n".join(lines)
