@@ -155,7 +155,6 @@ async def test_the_open_streams_429_carries_that_limit_s_headers_and_names_it_in
             chunks = held.aiter_raw()
             await chunks.__anext__()  # the stream is open and holds the only lease
             refused = await client.post(f"{base}/chat/stream", json={"messages": USER})
-            await chunks.aclose()
     assert refused.status_code == 429
     assert refused.headers["x-ratelimit-limit"] == "1"  # the open-streams limit, not the request rate's 100
     assert refused.headers["x-ratelimit-remaining"] == "0"
