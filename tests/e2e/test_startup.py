@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.processes import served
+from tests.support.processes import served, tokenrelay_command
 
 ECHO = "providers:\n  echo: {type: echo, tokens_per_second: 0, first_token_delay_ms: 0}\n"
 
@@ -46,3 +48,30 @@ def test_query_strings_and_keys_in_urls_never_reach_the_log(tmp_path: Path) -> N
     assert '"GET /chat/stream HTTP/1.1" 200' in log
     assert "secret-words" not in log
     assert "pasted" not in log
+
+
+def test_one_startup_line_says_what_runs(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        ECHO
+        + "  other: {type: echo}\nmodels:\n  first: {provider: echo, model: a}\n  second: {provider: other, model: b}\n"
+        "auth: {open: true}\n"
+    )
+    with served(config) as proxy:
+        log = proxy.log()
+    line = next(x for x in log.splitlines() if "tokenrelay " in x and "config=" in x)
+    assert re.search(r"tokenrelay \d+\.\d+\.\d+ ", line), line
+    assert f"config={config}" in line
+    assert f"listen=127.0.0.1:{proxy.port}" in line
+    assert "models=first,second default_model=first" in line
+    assert "auth=open" in line
+    assert "state=memory" in line
+    assert any("WARNING" in x and "auth.open is true" in x for x in log.splitlines()), log
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [*tokenrelay_command(), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    assert re.fullmatch(r"tokenrelay \d+\.\d+\.\d+\n", result.stdout), result.stdout
