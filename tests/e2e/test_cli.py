@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,20 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.processes import free_port, tokenrelay_command
 from tests.support.whatwg_sse import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tokenrelay() -> list[str]:
-    script = shutil.which("tokenrelay", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "app.cli"]
+tokenrelay = tokenrelay_command
 
 
 @pytest.fixture

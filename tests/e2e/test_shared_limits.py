@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_cli import free_port, tokenrelay
+from tests.e2e.test_cli import tokenrelay
+from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
