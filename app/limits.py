@@ -3,8 +3,9 @@
 Three limits, each 0 when off: requests per minute (`hit`), open streams (`acquire`, one lease per stream, renewed
 by a per-process heartbeat, released when the stream ends in any way, expiring by TTL if the process dies) and
 tokens per minute (`reserve` the prompt estimate plus `max_tokens` at admission, `settle` with the real usage at
-the end). If the shared store fails, `fail_open` decides with an in-process fallback (logged) and `fail_closed`
-refuses with 503.
+the end). A stream's admission is one atomic decision: a refusal by any limit takes nothing from the others.
+If the shared store fails, `fail_open` decides with an in-process fallback (logged) and `fail_closed` refuses
+with 503.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 
-from app.backends.base import Backend, BackendUnavailable, Decision
+from app.backends.base import Ask, Backend, BackendUnavailable, Decision, LimitName
 from app.backends.memory import MemoryBackend
 from app.errors import LimitsUnavailable, RateLimited
 from app.settings import KeyLimitSettings, LimitSettings
@@ -42,11 +42,14 @@ class Admission:
         lease: str | None,
         reserved: tuple[int, int],
         headers: dict[str, str],
+        *,
+        local: bool,
     ) -> None:
         self._limiter = limiter
         self.principal = principal
         self._lease = lease
         self._reserved = reserved  # (tokens reserved, the budget they came from)
+        self._local = local  # decided by the fallback, while the shared store failed
         self.headers = headers
         self._closed = False
         self._opened = time.monotonic()
@@ -57,18 +60,27 @@ class Admission:
         self._closed = True
         if self._lease is not None:
             self._limiter.stream_lasted(time.monotonic() - self._opened)
-        await self._limiter.give_back(self.principal, self._lease, self._reserved, used_tokens)
+        await self._limiter.give_back(self.principal, self._lease, self._reserved, used_tokens, local=self._local)
 
 
 class Limiter:
     def __init__(self, settings: LimitSettings, backend: Backend) -> None:
         self._settings = settings
         self._backend = backend
-        self._fallback = MemoryBackend()
+        # Decides only while the shared store fails, seeded with this process's open streams; dropped as soon
+        # as the heartbeat reaches the store again, so it never holds more than an outage's worth.
+        self._fallback: MemoryBackend | None = None
         self._leases: set[tuple[str, str]] = set()
+        # Leases an admission may have taken without hearing so (a time-out): released at the next good beat.
+        self._orphans: set[tuple[str, str]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self.fallback_decisions = 0  # decisions made locally because the shared store failed
         self._mean_stream_seconds: float | None = None  # how long this process's streams last (moving average)
+
+    @property
+    def local_entries(self) -> int:
+        """Keys the fallback holds: none unless the shared store is failing now."""
+        return 0 if self._fallback is None else self._fallback.entries
 
     async def open(self) -> None:
         await self._backend.open()
@@ -95,7 +107,10 @@ class Limiter:
         rpm = self._settings.requests_per_minute
         if not rpm:
             return {}
-        decision = await self._decide(lambda b: b.hit(principal, rpm, WINDOW_SECONDS))
+        try:
+            decision = await self._backend.hit(principal, rpm, WINDOW_SECONDS)
+        except BackendUnavailable as exc:
+            decision = await (await self._degraded(exc)).hit(principal, rpm, WINDOW_SECONDS)
         headers = _headers(decision)
         if not decision.allowed:
             raise _refused(principal, "requests_per_minute", decision.limit, decision.reset_after, headers)
@@ -104,38 +119,59 @@ class Limiter:
     async def admit(
         self, principal: str, stream_id: str, token_estimate: int, overrides: KeyLimitSettings | None = None
     ) -> Admission:
+        """Everything a stream needs, in one atomic decision: all of it, or nothing taken."""
         limits = self._settings
         if overrides is not None:
             chosen = {k: v for k, v in overrides.model_dump().items() if v is not None}
             limits = limits.model_copy(update=chosen)
-        headers: dict[str, str] = {}
-        if limits.requests_per_minute:
-            rpm = limits.requests_per_minute
-            decision = await self._decide(lambda b: b.hit(principal, rpm, WINDOW_SECONDS))
-            headers = _headers(decision)
-            if not decision.allowed:
-                raise _refused(principal, "requests_per_minute", decision.limit, decision.reset_after, headers)
-        lease: str | None = None
-        if limits.concurrent_streams:
-            ttl, most = limits.lease_ttl_seconds, limits.concurrent_streams
-            decision = await self._decide(lambda b: b.acquire(principal, stream_id, most, ttl))
-            if not decision.allowed:
-                # A lease's expiry says when a crashed process's stream stops counting, not when a live one
-                # ends: the wait is estimated from how long streams last instead.
-                wait = self.expected_wait(most)
-                stream_headers = _headers(Decision(False, most, 0, wait))
-                raise _refused(principal, "concurrent_streams", most, wait, stream_headers)
-            lease = stream_id
-            self._leases.add((principal, stream_id))
-        reserved = (0, 0)
-        if limits.tokens_per_minute:
-            amount, budget = min(token_estimate, limits.tokens_per_minute), limits.tokens_per_minute
-            decision = await self._decide(lambda b: b.reserve(principal, amount, budget, WINDOW_SECONDS))
-            if not decision.allowed:
-                await self.give_back(principal, lease, (0, 0), 0)
-                raise _refused(principal, "tokens_per_minute", decision.limit, decision.reset_after, _headers(decision))
-            reserved = (amount, budget)
-        return Admission(self, principal, lease, reserved, headers)
+        budget = limits.tokens_per_minute
+        ask = Ask(
+            requests=limits.requests_per_minute,
+            streams=limits.concurrent_streams,
+            lease_ttl=limits.lease_ttl_seconds,
+            tokens=min(token_estimate, budget),
+            token_budget=budget,
+            window=WINDOW_SECONDS,
+        )
+        if not (ask.requests or ask.streams or ask.token_budget):
+            return Admission(self, principal, None, (0, 0), {}, local=False)
+        local = False
+        try:
+            verdict = await self._backend.admit(principal, stream_id, ask)
+        except BackendUnavailable as exc:
+            if ask.streams:
+                self._orphans.add((principal, stream_id))  # the lost answer may have been a yes
+            verdict = await (await self._degraded(exc)).admit(principal, stream_id, ask)
+            local = True
+        if verdict.refused_by is not None:
+            raise self._refusal(principal, ask, verdict.refused_by, verdict.reset_after)
+        lease = stream_id if ask.streams else None
+        if lease is not None:
+            self._leases.add((principal, lease))
+        headers = _headers(Decision(True, ask.requests, verdict.remaining, verdict.reset_after)) if ask.requests else {}
+        return Admission(self, principal, lease, (ask.tokens, budget), headers, local=local)
+
+    def _refusal(self, principal: str, ask: Ask, limit: LimitName, reset_after: float) -> RateLimited:
+        if limit == "concurrent_streams":
+            # A lease's expiry says when a crashed process's stream stops counting, not when a live one
+            # ends: the wait is estimated from how long streams last instead.
+            wait = self.expected_wait(ask.streams)
+            return _refused(principal, limit, ask.streams, wait, _headers(Decision(False, ask.streams, 0, wait)))
+        value = ask.requests if limit == "requests_per_minute" else ask.token_budget
+        return _refused(principal, limit, value, reset_after, _headers(Decision(False, value, 0, reset_after)))
+
+    async def _degraded(self, exc: BackendUnavailable) -> MemoryBackend:
+        """The store failed a decision: refuse (fail_closed), or return the fallback that decides instead."""
+        if self._settings.on_backend_failure == "fail_closed":
+            logger.warning("rate-limit store unavailable, refusing (fail_closed): %s", exc)
+            raise LimitsUnavailable("rate limiting is unavailable; try again shortly", retry_after=1) from exc
+        self.fallback_decisions += 1
+        logger.warning("rate-limit store unavailable, deciding locally (fail_open): %s", exc)
+        if self._fallback is None:
+            self._fallback = MemoryBackend()
+            # The streams this process has open still count while it decides alone.
+            await self._fallback.assert_leases(self._leases, self._settings.lease_ttl_seconds)
+        return self._fallback
 
     def stream_lasted(self, seconds: float) -> None:
         mean = self._mean_stream_seconds
@@ -149,51 +185,64 @@ class Limiter:
             return 1.0  # nothing measured yet: the first stream to end will tell
         return min(WINDOW_SECONDS, max(1.0, mean / max(1, open_streams)))
 
-    async def give_back(self, principal: str, lease: str | None, reserved: tuple[int, int], used_tokens: int) -> None:
+    async def give_back(
+        self, principal: str, lease: str | None, reserved: tuple[int, int], used_tokens: int, *, local: bool
+    ) -> None:
+        # Giving back never fails a stream: a lease the store did not hear about expires by its TTL.
+        fallback = self._fallback
         if lease is not None:
             self._leases.discard((principal, lease))
-            await self._quietly(lambda b: b.release(principal, lease))
+            await self._release(principal, lease)
         amount, budget = reserved
-        if amount:
-            await self._quietly(lambda b: b.settle(principal, amount, used_tokens, budget, WINDOW_SECONDS))
-
-    async def _decide(self, call: Callable[[Backend], Awaitable[Decision]]) -> Decision:
+        if not amount:
+            return
+        if local:
+            if fallback is not None:
+                await fallback.settle(principal, amount, used_tokens, budget, WINDOW_SECONDS)
+            return
         try:
-            return await call(self._backend)
+            await self._backend.settle(principal, amount, used_tokens, budget, WINDOW_SECONDS)
         except BackendUnavailable as exc:
-            if self._settings.on_backend_failure == "fail_closed":
-                logger.warning("rate-limit store unavailable, refusing (fail_closed): %s", exc)
-                raise LimitsUnavailable("rate limiting is unavailable; try again shortly", retry_after=1) from exc
-            self.fallback_decisions += 1
-            logger.warning("rate-limit store unavailable, deciding locally (fail_open): %s", exc)
-            return await call(self._fallback)
+            logger.warning("rate-limit store unavailable while settling tokens: %s", exc)
 
-    async def _quietly(self, call: Callable[[Backend], Awaitable[object]]) -> None:
-        # Giving back never fails a stream: a lease the store did not hear about expires by its TTL.
+    async def _release(self, principal: str, lease: str) -> bool:
+        if self._fallback is not None:
+            await self._fallback.release(principal, lease)
         try:
-            await call(self._backend)
+            await self._backend.release(principal, lease)
         except BackendUnavailable as exc:
             logger.warning("rate-limit store unavailable while releasing: %s", exc)
-        await call(self._fallback)
+            return False
+        return True
 
     async def _renew_leases(self) -> None:
-        """The heartbeat: every ttl / 3, every lease this process holds is asserted again in one round trip, which
-        also puts back leases a restarted store lost. It survives any failure (logged) and beats again."""
-        ttl = self._settings.lease_ttl_seconds
+        """The heartbeat, every ttl / 3. Supervised: no failure ends it; each is logged and it beats again."""
+        interval = self._settings.lease_ttl_seconds / 3
         while True:
-            await asyncio.sleep(ttl / 3)
-            held = list(self._leases)
+            await asyncio.sleep(interval)
             try:
-                await self._backend.assert_leases(held, ttl)
-                await self._fallback.assert_leases(held, ttl)
-            except BackendUnavailable:
-                continue  # the store is down: the leases come back with the first beat after it returns
+                await self.beat()
             except Exception:
-                logger.exception("lease heartbeat failed; it beats again in %.1f s", ttl / 3)
-                continue
-            # A stream that ended while the beat was in flight may have had its lease put back: take it out again.
-            for principal, lease in set(held) - self._leases:
-                await self.give_back(principal, lease, (0, 0), 0)
+                logger.exception("lease heartbeat failed; it beats again in %.1f s", interval)
+
+    async def beat(self) -> None:
+        """Assert again every lease this process holds, in one round trip (which also puts back leases a
+        restarted store lost), and release what ended or was orphaned meanwhile."""
+        ttl = self._settings.lease_ttl_seconds
+        held = list(self._leases)
+        try:
+            await self._backend.assert_leases(held, ttl)
+        except BackendUnavailable:
+            if self._fallback is not None:
+                await self._fallback.assert_leases(held, ttl)
+            return  # the leases come back with the first beat after the store does
+        if self._fallback is not None:
+            logger.warning("rate-limit store answers again; limits are shared again")
+            self._fallback = None
+        # A stream that ended while the beat was in flight may have had its lease put back: take it out again.
+        for principal, lease in (set(held) | self._orphans) - self._leases:
+            if await self._release(principal, lease):
+                self._orphans.discard((principal, lease))
 
 
 def _headers(decision: Decision) -> dict[str, str]:

@@ -1,19 +1,22 @@
 """The state a proxy shares between requests, and between replicas when Redis serves it.
 
-Three kinds of limit, each decided in one atomic step (one Lua script in Redis, never get-then-set):
-- `hit`: requests per window, by GCRA (a sliding window that stores one timestamp per key, not every request);
-- `acquire` / `assert_leases` / `release`: concurrent leases (one per open stream) that expire unless asserted
-  again, so a crashed worker's streams stop counting after `ttl`, and a store that lost them has them back at the
-  next heartbeat;
-- `reserve` / `settle`: a token budget per window; admission reserves an estimate, the end settles the real count
-  (a refund when it used less).
+Every decision is one atomic step (one Lua script in Redis, never get-then-set):
+- `hit`: one request against a per-window limit, by GCRA (a sliding window that stores one timestamp per key);
+- `admit`: everything a stream needs before it goes upstream, all or nothing: a request of the per-window limit,
+  a concurrent lease (one per open stream, expiring unless asserted again, so a crashed worker's streams stop
+  counting after `ttl`) and a reservation from a token budget per window. A refusal by any one takes nothing;
+- `assert_leases` / `release`: the heartbeat's renewal (which also puts back leases a restarted store lost) and
+  the end of a stream;
+- `settle`: the real token count replaces a reservation (a refund when it used less).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+LimitName = Literal["requests_per_minute", "concurrent_streams", "tokens_per_minute"]
 
 
 class BackendUnavailable(Exception):
@@ -26,6 +29,28 @@ class Decision:
     limit: int
     remaining: int
     reset_after: float  # seconds until the limit has room again (for X-RateLimit-Reset and Retry-After)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one stream asks for at admission. A limit of 0 is off."""
+
+    requests: int = 0  # per window
+    streams: int = 0  # open at once
+    lease_ttl: float = 30.0
+    tokens: int = 0  # to reserve now
+    token_budget: int = 0  # per window
+    window: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """An admission decision. Admitted: `remaining`/`reset_after` describe the request limit (if on). Refused:
+    `refused_by` names the first limit that refused and `reset_after` says when it has room."""
+
+    refused_by: LimitName | None
+    remaining: int = 0
+    reset_after: float = 0.0
 
 
 class Backend(Protocol):
@@ -41,8 +66,8 @@ class Backend(Protocol):
         """Count one request against `limit` per `window` seconds."""
         ...
 
-    async def acquire(self, key: str, lease: str, limit: int, ttl: float) -> Decision:
-        """Take one of `limit` concurrent leases, held for `ttl` seconds unless renewed."""
+    async def admit(self, key: str, lease: str, ask: Ask) -> Verdict:
+        """Take everything `ask` asks for under `key`, with `lease` as the stream's lease id, or nothing."""
         ...
 
     async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
@@ -50,10 +75,6 @@ class Backend(Protocol):
         ...
 
     async def release(self, key: str, lease: str) -> None: ...
-
-    async def reserve(self, key: str, amount: int, limit: int, window: float) -> Decision:
-        """Reserve `amount` of a budget of `limit` per `window` seconds."""
-        ...
 
     async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
         """Replace a reservation by what was really used."""

@@ -1,25 +1,44 @@
-"""The in-process backend: the same algorithms as Redis's scripts, for one process (the embedded default)."""
+"""The in-process backend: the same algorithms as Redis's scripts, for one process (the embedded default), and
+the limiter's fallback while Redis fails.
+
+Its size follows what is live, not what ever was: every `SWEEP_SECONDS` it forgets budgets that have recovered
+in full and leases that have expired, so a million clients that came once leave nothing behind.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from app.backends.base import Decision
+from app.backends.base import Ask, Decision, Verdict
+
+SWEEP_SECONDS = 5.0
 
 
 class MemoryBackend:
-    def __init__(self) -> None:
-        self._tat: dict[str, float] = {}  # GCRA theoretical arrival time per key
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._requests: dict[str, float] = {}  # GCRA theoretical arrival time per key, one table per limit
+        self._tokens: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}  # key -> lease -> expiry
-        self._calls = 0
+        self._swept = clock()
 
-    def _sweep(self, now: float) -> None:
-        # A key whose arrival time has passed is back to a full budget: forgetting it changes nothing.
-        self._calls += 1
-        if self._calls % 4096 == 0:
-            self._tat = {k: v for k, v in self._tat.items() if v > now}
+    @property
+    def entries(self) -> int:
+        """How many keys it holds (what a sweep bounds)."""
+        return len(self._requests) + len(self._tokens) + len(self._leases)
+
+    def _now(self) -> float:
+        now = self._clock()
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            # A key whose arrival time has passed is back to a full budget: forgetting it changes nothing.
+            self._requests = {k: v for k, v in self._requests.items() if v > now}
+            self._tokens = {k: v for k, v in self._tokens.items() if v > now}
+            live = ((k, {lease: x for lease, x in held.items() if x > now}) for k, held in self._leases.items())
+            self._leases = {k: held for k, held in live if held}
+        return now
 
     async def open(self) -> None:
         return None
@@ -28,48 +47,58 @@ class MemoryBackend:
         return None
 
     async def aclose(self) -> None:
-        self._tat.clear()
+        self._requests.clear()
+        self._tokens.clear()
         self._leases.clear()
 
     async def hit(self, key: str, limit: int, window: float) -> Decision:
-        return self._gcra(key, 1, limit, window)
+        now = self._now()
+        tat, decision = _gcra(self._requests.get(key, now), now, 1, limit, window)
+        if decision.allowed:
+            self._requests[key] = tat
+        return decision
 
-    async def reserve(self, key: str, amount: int, limit: int, window: float) -> Decision:
-        return self._gcra(key, amount, limit, window)
+    async def admit(self, key: str, lease: str, ask: Ask) -> Verdict:
+        now = self._now()
+        request_tat = token_tat = 0.0
+        remaining, reset = 0, 0.0
+        if ask.requests:
+            request_tat, decision = _gcra(self._requests.get(key, now), now, 1, ask.requests, ask.window)
+            if not decision.allowed:
+                return Verdict("requests_per_minute", 0, decision.reset_after)
+            remaining, reset = decision.remaining, decision.reset_after
+        held: dict[str, float] = {}
+        if ask.streams:
+            held = {k: x for k, x in self._leases.get(key, {}).items() if x > now}
+            if len(held) >= ask.streams and lease not in held:
+                self._leases[key] = held
+                return Verdict("concurrent_streams", 0, min(held.values()) - now)
+        if ask.token_budget:
+            token_tat, decision = _gcra(self._tokens.get(key, now), now, ask.tokens, ask.token_budget, ask.window)
+            if not decision.allowed:
+                return Verdict("tokens_per_minute", 0, decision.reset_after)
+        if ask.requests:
+            self._requests[key] = request_tat
+        if ask.streams:
+            held[lease] = now + ask.lease_ttl
+            self._leases[key] = held
+        if ask.token_budget:
+            self._tokens[key] = token_tat
+        return Verdict(None, remaining, reset)
 
     async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
-        now = time.monotonic()
+        now = self._now()
         delta = (actual - reserved) * window / limit
-        tat = self._tat.get(key, now)
+        tat = self._tokens.get(key, now)
         # An extra charge starts from now if the budget had recovered; a refund never reaches into the past.
         base = max(tat, now) if delta > 0 else tat
-        self._tat[key] = max(now, base + delta)
-
-    def _gcra(self, key: str, cost: int, limit: int, window: float) -> Decision:
-        now = time.monotonic()
-        self._sweep(now)
-        emission = window / limit
-        tat = max(self._tat.get(key, now), now)
-        new_tat = tat + cost * emission
-        allowed_at = new_tat - window
-        if allowed_at > now + 1e-9:
-            return Decision(False, limit, 0, allowed_at - now)
-        self._tat[key] = new_tat
-        remaining = max(0, math.floor((now - allowed_at) / emission + 1e-9))
-        return Decision(True, limit, min(remaining, limit), new_tat - now)
-
-    async def acquire(self, key: str, lease: str, limit: int, ttl: float) -> Decision:
-        now = time.monotonic()
-        leases = {k: v for k, v in self._leases.get(key, {}).items() if v > now}
-        if len(leases) >= limit and lease not in leases:
-            self._leases[key] = leases
-            return Decision(False, limit, 0, min(leases.values()) - now)
-        leases[lease] = now + ttl
-        self._leases[key] = leases
-        return Decision(True, limit, limit - len(leases), ttl)
+        if base + delta > now:
+            self._tokens[key] = base + delta
+        else:
+            self._tokens.pop(key, None)
 
     async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
-        expiry = time.monotonic() + ttl
+        expiry = self._now() + ttl
         for key, lease in leases:
             self._leases.setdefault(key, {})[lease] = expiry
 
@@ -79,3 +108,14 @@ class MemoryBackend:
             leases.pop(lease, None)
             if not leases:
                 del self._leases[key]
+
+
+def _gcra(tat: float, now: float, cost: int, limit: int, window: float) -> tuple[float, Decision]:
+    """GCRA for `cost` units of `limit` per `window`: the new arrival time to store if allowed, and the decision."""
+    emission = window / limit
+    new_tat = max(tat, now) + cost * emission
+    allowed_at = new_tat - window
+    if allowed_at > now + 1e-9:
+        return new_tat, Decision(False, limit, 0, allowed_at - now)
+    remaining = max(0, math.floor((now - allowed_at) / emission + 1e-9))
+    return new_tat, Decision(True, limit, min(remaining, limit), new_tat - now)

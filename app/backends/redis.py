@@ -22,7 +22,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from app.backends.base import BackendUnavailable, Decision
+from app.backends.base import Ask, BackendUnavailable, Decision, LimitName, Verdict
+
+_REFUSALS: tuple[LimitName | None, ...] = (None, "requests_per_minute", "concurrent_streams", "tokens_per_minute")
 
 # GCRA with integer microseconds from Redis TIME. KEYS[1]; ARGV: cost, limit, window_us. Returns allowed,
 # remaining, reset_us (as text: Lua numbers are doubles and Redis would truncate them).
@@ -58,23 +60,59 @@ redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) / 
 return 1
 """
 
-# Leases: a sorted set of lease ids scored by expiry (ms). KEYS[1]; ARGV: lease, limit, ttl_ms.
-_ACQUIRE = """
+# Admission, all or nothing: every limit is checked, then all are taken, or none. Leases are a sorted set of lease
+# ids scored by expiry (ms); expired ones are swept first, whatever else keeps the key alive.
+# KEYS: requests, leases, tokens; ARGV: requests, window_us, streams, lease, ttl_ms, tokens, token_budget.
+# Returns {refused (0 none, 1 requests, 2 streams, 3 tokens), remaining, reset_us as text}.
+_ADMIT = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local count = redis.call('ZCARD', KEYS[1])
-local limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-if not held and count >= limit then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, 0, tostring(tonumber(first[2]) - now)}
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local requests, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local streams, lease, ttl = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local tokens, budget = tonumber(ARGV[6]), tonumber(ARGV[7])
+local function gcra(key, cost, limit)
+  local emission = window / limit
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + cost * emission
+  return new_tat, new_tat - window - now, emission
 end
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[1], tonumber(last[2]) - now + 1)
-if not held then count = count + 1 end
-return {1, limit - count, tostring(ttl)}
+local request_tat, remaining, reset = 0, 0, 0
+if requests > 0 then
+  local early, emission
+  request_tat, early, emission = gcra(KEYS[1], 1, requests)
+  if early > 0 then return {1, 0, tostring(early)} end
+  remaining = math.min(requests, math.floor(-early / emission))
+  reset = request_tat - now
+end
+local now_ms = math.floor(now / 1000)
+local held = false
+if streams > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+  held = redis.call('ZSCORE', KEYS[2], lease)
+  if not held and redis.call('ZCARD', KEYS[2]) >= streams then
+    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    return {2, 0, tostring((tonumber(first[2]) - now_ms) * 1000)}
+  end
+end
+local token_tat = 0
+if budget > 0 then
+  local early
+  token_tat, early = gcra(KEYS[3], tokens, budget)
+  if early > 0 then return {3, 0, tostring(early)} end
+end
+if requests > 0 then
+  redis.call('SET', KEYS[1], tostring(request_tat), 'PX', math.ceil((request_tat - now) / 1000) + 1)
+end
+if streams > 0 then
+  redis.call('ZADD', KEYS[2], now_ms + ttl, lease)
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[2], tonumber(last[2]) - now_ms + 1)
+end
+if budget > 0 then
+  redis.call('SET', KEYS[3], tostring(token_tat), 'PX', math.ceil((token_tat - now) / 1000) + 1)
+end
+return {0, remaining, tostring(reset)}
 """
 
 # Re-assert leases this process holds, re-adding any that Redis lost (a restart, an eviction).
@@ -118,7 +156,7 @@ class RedisBackend:
                 retry_on_error=[RedisConnectionError],
             )
             self._redis = aioredis.Redis(connection_pool=pool)
-            for name, source in (("gcra", _GCRA), ("settle", _SETTLE), ("acquire", _ACQUIRE), ("assert", _ASSERT)):
+            for name, source in (("gcra", _GCRA), ("admit", _ADMIT), ("settle", _SETTLE), ("assert", _ASSERT)):
                 self._scripts[name] = self._redis.register_script(source)
         return self._redis
 
@@ -139,24 +177,28 @@ class RedisBackend:
             self._redis = None
 
     async def hit(self, key: str, limit: int, window: float) -> Decision:
-        return await self._gcra(f"{self._prefix}req:{key}", 1, limit, window)
+        allowed, remaining, reset_us = await self._run(
+            "gcra", [self._key(key, "req")], [1, limit, int(window * 1_000_000)]
+        )
+        return Decision(bool(allowed), limit, min(int(remaining), limit), float(reset_us) / 1_000_000)
 
-    async def reserve(self, key: str, amount: int, limit: int, window: float) -> Decision:
-        return await self._gcra(f"{self._prefix}tok:{key}", amount, limit, window)
+    async def admit(self, key: str, lease: str, ask: Ask) -> Verdict:
+        keys = [self._key(key, "req"), self._key(key, "conc"), self._key(key, "tok")]
+        args = [
+            ask.requests,
+            int(ask.window * 1_000_000),
+            ask.streams,
+            lease,
+            max(1, int(ask.lease_ttl * 1000)),
+            ask.tokens,
+            ask.token_budget,
+        ]
+        refused, remaining, reset_us = await self._run("admit", keys, args)
+        return Verdict(_REFUSALS[int(refused)], int(remaining), float(reset_us) / 1_000_000)
 
     async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
         args = [reserved, actual, limit, int(window * 1_000_000)]
-        await self._run("settle", f"{self._prefix}tok:{key}", args)
-
-    async def _gcra(self, key: str, cost: int, limit: int, window: float) -> Decision:
-        allowed, remaining, reset_us = await self._run("gcra", key, [cost, limit, int(window * 1_000_000)])
-        return Decision(bool(allowed), limit, min(int(remaining), limit), float(reset_us) / 1_000_000)
-
-    async def acquire(self, key: str, lease: str, limit: int, ttl: float) -> Decision:
-        allowed, remaining, reset_ms = await self._run(
-            "acquire", f"{self._prefix}conc:{key}", [lease, limit, max(1, int(ttl * 1000))]
-        )
-        return Decision(bool(allowed), limit, int(remaining), float(reset_ms) / 1000)
+        await self._run("settle", [self._key(key, "tok")], args)
 
     async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         by_key: dict[str, list[str]] = {}
@@ -167,7 +209,7 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         ttl_ms = max(1, int(ttl * 1000))
         for key, held in by_key.items():  # one call per principal, all of them in one round trip
-            await self._scripts["assert"](keys=[f"{self._prefix}conc:{key}"], args=[ttl_ms, *held], client=pipe)
+            await self._scripts["assert"](keys=[self._key(key, "conc")], args=[ttl_ms, *held], client=pipe)
         try:
             await pipe.execute()
         except RedisError as exc:
@@ -176,14 +218,18 @@ class RedisBackend:
     async def release(self, key: str, lease: str) -> None:
         redis = self._client()
         try:
-            await redis.zrem(f"{self._prefix}conc:{key}", lease)
+            await redis.zrem(self._key(key, "conc"), lease)
         except RedisError as exc:
             raise BackendUnavailable(f"Redis: {exc}") from exc
 
-    async def _run(self, script: str, key: str, args: list[Any]) -> Any:
+    def _key(self, principal: str, kind: str) -> str:
+        # One hash tag per principal: the keys one admission script touches share a Redis Cluster slot.
+        return f"{self._prefix}{{{principal}}}:{kind}"
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         self._client()
         try:
-            return await self._scripts[script](keys=[key], args=args)
+            return await self._scripts[script](keys=keys, args=args)
         except RedisError as exc:
             raise BackendUnavailable(f"Redis: {exc}") from exc
 

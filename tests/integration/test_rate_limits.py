@@ -170,3 +170,33 @@ def test_the_open_streams_wait_is_estimated_from_how_long_streams_last() -> None
     assert limiter.expected_wait(4) == pytest.approx(3.0)  # the first of four 12 s streams ends after ~3 s
     assert limiter.expected_wait(1) == pytest.approx(12.0)
     assert limiter.expected_wait(100) == 1.0
+
+
+async def test_a_stream_longer_than_its_lease_ttl_still_counts(store: str, upstream: FakeUpstream) -> None:
+    """The heartbeat keeps an open stream's lease: past two TTLs of running, a second stream is still refused."""
+    ttl = 1.5  # beats every 0.5 s: a whole second of slack on a busy machine
+    slow = "gen?n=400&gap_ms=10"  # about 4 s
+    settings = settings_for(store, upstream, slow, requests_per_minute=0, concurrent_streams=1, lease_ttl_seconds=ttl)
+    with running_proxy(settings) as base:
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            client.stream("POST", f"{base}/chat/stream", json={"model": slow, "messages": USER}) as held,
+        ):
+            chunks = held.aiter_raw()
+            await chunks.__anext__()
+            await asyncio.sleep(2 * ttl + 0.2)  # the passing of time is what is under test
+            refused = await client.post(f"{base}/chat/stream", json={"messages": USER})
+            assert b"event: done" not in b"".join([c async for c in _first_chunks(chunks, 1)])
+        after = await client_post(base)
+    assert refused.status_code == 429, "a stream running past its lease TTL stopped counting"
+    assert after == 200, "the lease outlived its stream"
+
+
+async def _first_chunks(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield await chunks.__anext__()
+
+
+async def client_post(base: str) -> int:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return (await client.post(f"{base}/chat/stream", json={"messages": USER})).status_code

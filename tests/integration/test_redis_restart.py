@@ -112,7 +112,7 @@ async def test_leases_lost_in_a_restart_are_asserted_again_within_one_heartbeat(
             restartable_redis.kill()
             restartable_redis.start()
             back = time.monotonic()
-            await until_the_heartbeat_restores(restartable_redis.url, f"{prefix}conc:key:fresh", 4, seconds=ttl)
+            await until_the_heartbeat_restores(restartable_redis.url, f"{prefix}{{key:fresh}}:conc", 4, seconds=ttl)
             reasserted = time.monotonic() - back
             refused = await client.post(f"{base}/chat/stream", json={"prompt": "hi"}, headers=headers)
             for response in held:

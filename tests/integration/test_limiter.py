@@ -1,0 +1,95 @@
+"""The limiter against a real redis-server that fails: admission is all or nothing, and the in-process fallback
+exists only while Redis fails."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis import asyncio as aioredis
+
+from app.backends.redis import RedisBackend
+from app.errors import LimitsUnavailable, RateLimited
+from app.limits import Limiter
+from app.settings import LimitSettings
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+async def opened(settings: LimitSettings, url: str, prefix: str) -> Limiter:
+    limiter = Limiter(settings, RedisBackend(url, key_prefix=prefix, timeout=0.3))
+    await limiter.open()
+    return limiter
+
+
+async def test_a_store_failure_at_the_token_step_leaves_no_lease(redis_server: RedisServer) -> None:
+    """The token budget's key is unreadable (a failure after the lease step): fail_closed answers 503 and takes
+    nothing, so the principal is not locked out by a lease that nobody holds."""
+    prefix = f"aon-{uuid.uuid4().hex}:"
+    settings = LimitSettings(
+        requests_per_minute=0, concurrent_streams=1, tokens_per_minute=10_000, on_backend_failure="fail_closed"
+    )
+    limiter = await opened(settings, redis_server.url, prefix)
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await redis.rpush(f"{prefix}{{key:k}}:tok", "not a budget")  # every command on it fails: WRONGTYPE
+        with pytest.raises(LimitsUnavailable):
+            await limiter.admit("key:k", "s1", 100)
+        assert await redis.zcard(f"{prefix}{{key:k}}:conc") == 0
+        await redis.delete(f"{prefix}{{key:k}}:tok")
+        admission = await limiter.admit("key:k", "s2", 100)
+        await admission.close(10)
+        await limiter.beat()
+        assert await redis.zcard(f"{prefix}{{key:k}}:conc") == 0
+    finally:
+        await redis.aclose()
+        await limiter.aclose()
+
+
+async def test_the_fallback_holds_nothing_while_redis_answers(redis_server: RedisServer) -> None:
+    settings = LimitSettings(requests_per_minute=1000, concurrent_streams=4, tokens_per_minute=100_000)
+    limiter = await opened(settings, redis_server.url, f"fb-{uuid.uuid4().hex}:")
+    try:
+        for i in range(300):
+            admission = await limiter.admit(f"ip:10.0.{i // 250}.{i % 250}", f"s{i}", 50)
+            await admission.close(20)
+        assert limiter.local_entries == 0
+        assert limiter.fallback_decisions == 0
+    finally:
+        await limiter.aclose()
+
+
+async def test_the_fallback_counts_open_streams_during_an_outage_and_is_dropped_after_it(
+    own_redis: RedisServer,
+) -> None:
+    settings = LimitSettings(requests_per_minute=0, concurrent_streams=2, on_backend_failure="fail_open")
+    limiter = await opened(settings, own_redis.url, "out:")
+    try:
+        held = [await limiter.admit("ip:1", f"s{i}", 0) for i in range(2)]  # decided by Redis
+        own_redis.stop()
+        with pytest.raises(RateLimited):
+            await limiter.admit("ip:1", "s3", 0)  # decided locally, knowing this process's two open streams
+        assert limiter.fallback_decisions == 1
+        other = await limiter.admit("ip:2", "s4", 0)
+        assert limiter.local_entries == 2  # the leases of ip:1 and of ip:2
+        await limiter.beat()  # Redis still down: the fallback stays
+        assert limiter.local_entries == 2
+        own_redis.start()
+        await limiter.beat()  # Redis answers: every open stream is asserted there, the fallback is gone
+        assert limiter.local_entries == 0
+        with pytest.raises(RateLimited):
+            await limiter.admit("ip:1", "s5", 0)  # Redis knows the two streams it lost in the restart
+        for admission in [*held, other]:
+            await admission.close(0)
+        assert (await limiter.admit("ip:1", "s6", 0)).principal == "ip:1"
+    finally:
+        await limiter.aclose()
