@@ -15,7 +15,7 @@ import msgspec
 
 from app.errors import error_type
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
-from app.sse import PING
+from app.sse import PING, encode_data, encode_json_data
 from app.sse_transport import SSE_HEADERS
 from providers.base import Delta
 
@@ -24,7 +24,7 @@ _DONE = b"data: [DONE]\n\n"
 
 
 def _data(payload: Any) -> bytes:
-    return b"data: " + _encode(payload) + b"\n\n"
+    return encode_json_data(_encode(payload))
 
 
 def _error_payload(frame: ErrorFrame) -> dict[str, Any]:
@@ -75,7 +75,8 @@ class OpenAIChunkEncoder:
             if not self._include_usage:
                 return b""
             self._usage_sent = True
-        return b"".join(b"data: " + chunk.encode() + b"\n\n" for chunk in delta.raw)
+        # The upstream's own text, as its events carried it: a `data` of several lines stays several lines.
+        return b"".join(map(encode_data, delta.raw))
 
     def _chunk(self, delta: Delta) -> bytes:
         body: dict[str, Any] = {}

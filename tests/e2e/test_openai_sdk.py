@@ -18,7 +18,15 @@ pytestmark = pytest.mark.anyio
 
 USER: Any = [{"role": "user", "content": "hi"}]
 TEXT = "Hello! How can I help you today? 😀 中文\n\nline\r\nbreak"
-MODELS = ("text", "tool_calls", "reasoning", "error_chunk", "gen?n=3&first_ms=600", "status?code=429&retry_after=3")
+MODELS = (
+    "text",
+    "multiline_data",
+    "tool_calls",
+    "reasoning",
+    "error_chunk",
+    "gen?n=3&first_ms=600",
+    "status?code=429&retry_after=3",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +45,19 @@ async def test_streamed_text_equals_the_upstream_text(client: AsyncOpenAI) -> No
     stream = await client.chat.completions.create(model="text", messages=USER, stream=True)
     text = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
     assert "".join(text) == TEXT
+
+
+async def test_upstream_events_of_several_data_lines_reach_the_sdk_intact(client: AsyncOpenAI, base: str) -> None:
+    """Each upstream chunk's JSON spans several `data:` lines (legal SSE): every line reaches the client as a
+    `data:` line of the same event, never as a stray field, so the SDK parses the same chunks."""
+    stream = await client.chat.completions.create(model="multiline_data", messages=USER, stream=True)
+    text = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    assert "".join(text) == TEXT
+    async with httpx.AsyncClient(timeout=10) as raw:
+        body = {"model": "multiline_data", "messages": USER, "stream": True}
+        response = await raw.post(f"{base}/v1/chat/completions", json=body)
+    lines = [line for line in response.text.split("\n") if line]
+    assert all(line.startswith(("data: ", ": ")) for line in lines), lines
 
 
 async def test_tool_call_arguments_reassemble_into_the_exact_json(client: AsyncOpenAI) -> None:

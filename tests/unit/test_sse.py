@@ -1,88 +1,163 @@
-"""The SSE encoder, byte for byte, and a round trip through a WHATWG-exact parser."""
+"""The encoders production writes with, byte for byte, and their round trip through a WHATWG-exact parser.
+
+`/chat/stream` frames come from `SSEEncoder`, the OpenAI stream from `OpenAIChunkEncoder` (its own chunks, or an
+upstream's events passed through); both go through `app/sse.py`. Hostile text is what any of them may carry:
+CR, LF, CRLF, NUL, U+2028, a BOM, text that looks like a field.
+"""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.sse import PING, encode_comment, encode_event, encode_json_event
+from app.frames import DoneFrame, StartFrame, Usage
+from app.openai_encoders import OpenAIChunkEncoder
+from app.sse import PING, encode_comment, encode_data
+from app.sse_transport import SSEEncoder
+from providers.base import Delta, ToolCallDelta
 from tests.support.whatwg_sse import WhatwgParser, parse
+
+BOM = b"\xef\xbb\xbf"
+HOSTILE = ["a\nb", "a\r\nb", "a\rid: 9", "\n", "\r", "x\x00y", "\u2028\u2029", "\ufeffstart", "data: x\n\nevent: done"]
+START = StartFrame(id="s", model="m", provider="p", upstream_model="u", created=1, request_id="r")
+DONE = DoneFrame(finish_reason="stop", usage=Usage(1, 2, 3), usage_source="upstream")
+
+
+def test_chat_stream_frames_byte_for_byte() -> None:
+    encoder = SSEEncoder("s", retry_ms=3000)
+    assert encoder.start(START) == (
+        b'retry: 3000\nid: s.0\nevent: start\ndata: {"id":"s","model":"m","provider":"p","upstream_model":"u",'
+        b'"created":1,"request_id":"r"}\n\n'
+    )
+    assert encoder.delta(Delta(text="a\nb")) == b'id: s.1\nevent: token\ndata: {"text":"a\\nb"}\n\n'
+    assert encoder.delta(Delta(reasoning="r", text="t")) == (
+        b'id: s.2\nevent: reasoning\ndata: {"text":"r"}\n\nid: s.3\nevent: token\ndata: {"text":"t"}\n\n'
+    )
+    assert encoder.end(DONE).startswith(b"id: s.4\nevent: done\ndata: ")
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_text_in_a_frame_stays_one_event_with_its_exact_text(text: str) -> None:
+    encoder = SSEEncoder("s", retry_ms=1000)
+    stream = encoder.start(START) + encoder.delta(Delta(text=text)) + encoder.end(DONE)
+    result = parse(stream)
+    assert [e.type for e in result.events] == ["start", "token", "done"]
+    assert json.loads(result.events[1].data) == {"text": text}
+    assert set(result.fields_seen) == {"retry", "id", "event", "data"}
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_text_in_an_openai_chunk_stays_one_chunk(text: str) -> None:
+    encoder = OpenAIChunkEncoder("s", "m", 1, include_usage=False)
+    calls = (ToolCallDelta(index=0, id="c", name="f", arguments=text),)
+    stream = encoder.delta(Delta(text=text)) + encoder.delta(Delta(tool_calls=calls)) + encoder.end(DONE)
+    result = parse(stream)
+    assert [e.type for e in result.events] == ["message"] * 3
+    first, second = (json.loads(e.data)["choices"][0]["delta"] for e in result.events[:2])
+    assert first["content"] == text
+    assert second["tool_calls"][0]["function"]["arguments"] == text
+    assert result.events[2].data == "[DONE]"
+    assert set(result.fields_seen) == {"data"}
+
+
+def test_an_upstream_event_of_several_data_lines_passes_through_as_several_lines() -> None:
+    """Legal SSE: one event's `data` over two lines. Written back as one line it would end the client's event
+    early and hand it invalid JSON."""
+    data = '{"id":"c","object":"chat.completion.chunk",\n"choices":[{"index":0,"delta":{"content":"hi"}}]}'
+    encoder = OpenAIChunkEncoder("s", "m", 1, include_usage=False)
+    stream = encoder.delta(Delta(text="hi", raw=(data,)))
+    assert stream == b'data: {"id":"c","object":"chat.completion.chunk",\ndata: "choices":' + (
+        b'[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    )
+    (event,) = parse(stream).events
+    assert json.loads(event.data)["choices"][0]["delta"]["content"] == "hi"
 
 
 @pytest.mark.parametrize(
-    ("event", "data", "event_id", "retry", "expected"),
+    ("data", "expected"),
     [
-        ("token", "hi", None, None, b"event: token\ndata: hi\n\n"),
-        ("token", "hi", "s.1", None, b"id: s.1\nevent: token\ndata: hi\n\n"),
-        ("start", "{}", "s.0", 3000, b"retry: 3000\nid: s.0\nevent: start\ndata: {}\n\n"),
-        (None, "plain", None, None, b"data: plain\n\n"),
-        ("token", "", None, None, b"event: token\ndata: \n\n"),
-        ("token", " lead", None, None, b"event: token\ndata:  lead\n\n"),
-        ("token", "a\nb", None, None, b"event: token\ndata: a\ndata: b\n\n"),
-        ("token", "a\r\nb", None, None, b"event: token\ndata: a\ndata: b\n\n"),
-        ("token", "a\rid: 9", None, None, b"event: token\ndata: a\ndata: id: 9\n\n"),
-        ("token", "\n", None, None, b"event: token\ndata: \ndata: \n\n"),
-        ("token", "\u00e9\U0001f600", None, None, "event: token\ndata: \u00e9\U0001f600\n\n".encode()),
+        ("plain", b"data: plain\n\n"),
+        ("", b"data: \n\n"),
+        (" lead", b"data:  lead\n\n"),
+        ("a\nb", b"data: a\ndata: b\n\n"),
+        ("a\r\nb", b"data: a\ndata: b\n\n"),
+        ("a\rid: 9", b"data: a\ndata: id: 9\n\n"),
+        ("\u00e9\U0001f600", "data: \u00e9\U0001f600\n\n".encode()),
     ],
 )
-def test_encode_event_bytes(
-    event: str | None, data: str, event_id: str | None, retry: int | None, expected: bytes
-) -> None:
-    assert encode_event(event, data, id=event_id, retry_ms=retry) == expected
-
-
-@pytest.mark.parametrize("bad", ["", "a\nb", "a\rb", "a\x00b"])
-def test_ids_and_event_names_refuse_line_breaks_nul_and_empty(bad: str) -> None:
-    with pytest.raises(ValueError, match="SSE"):
-        encode_event("token", "x", id=bad)
-    with pytest.raises(ValueError, match="SSE"):
-        encode_event(bad, "x")
-
-
-def test_json_event_matches_the_general_encoder() -> None:
-    data = b'{"text":"a\\nb"}'
-    assert encode_json_event("token", data, id="s.4") == encode_event("token", data.decode(), id="s.4")
-    assert encode_json_event("start", b"{}", id="s.0", retry_ms=10) == encode_event(
-        "start", "{}", id="s.0", retry_ms=10
-    )
+def test_pass_through_data_bytes(data: str, expected: bytes) -> None:
+    assert encode_data(data) == expected
 
 
 def test_comments_and_ping_are_ignored_by_parsers() -> None:
     assert PING == b": ping\n\n"
     assert encode_comment("a\nb") == b": a\n: b\n\n"
-    result = parse(PING + encode_event("token", "x") + PING)
-    assert [e.data for e in result.events] == ["x"]
-    assert result.comments == ["ping", "ping"]
+    encoder = SSEEncoder("s", retry_ms=1000)
+    result = parse(PING + encoder.start(START) + PING + encoder.delta(Delta(text="x")) + PING)
+    assert [e.type for e in result.events] == ["start", "token"]
+    assert result.comments == ["ping", "ping", "ping"]
 
 
-def test_no_bom_and_utf8_only() -> None:
-    assert not encode_event("token", "\ufeffx").startswith(b"\xef\xbb\xbf")
+def test_no_stream_starts_with_a_bom_and_a_leading_u_feff_reaches_the_client() -> None:
+    """A BOM before the first field is stripped by the parser, taking with it nothing, or (written before a text
+    that starts with U+FEFF) the text's own first character; so neither may happen, on any transport."""
+    chat = SSEEncoder("s", retry_ms=1000)
+    own = OpenAIChunkEncoder("s", "m", 1, include_usage=False)
+    relayed = OpenAIChunkEncoder("s", "m", 1, include_usage=False)
+    streams = {
+        "chat": chat.start(START) + chat.delta(Delta(text="\ufeffhi")),
+        "openai": own.delta(Delta(text="\ufeffhi")),
+        "relay": relayed.delta(Delta(text="\ufeffhi", raw=("\ufeffhi",))),
+    }
+    for name, stream in streams.items():
+        assert not stream.startswith(BOM), name
+        stream.decode("utf-8")  # strict: every byte is UTF-8
+    assert parse(streams["relay"]).events[0].data == "\ufeffhi"
+    assert json.loads(parse(streams["chat"]).events[1].data)["text"] == "\ufeffhi"
 
 
 _PIECES = st.one_of(
-    st.sampled_from(["\r", "\n", "\r\n", "\x00", " ", "\U0001f600", "\u00e9", "\u4e2d", "data: x", "id: 9"]),
+    st.sampled_from(["\r", "\n", "\r\n", "\x00", " ", "\u2028", "\ufeff", "\U0001f600", "\u4e2d", "data: x", "id: 9"]),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
 )
 _TEXT = st.lists(_PIECES, max_size=8).map("".join)
 
 
-@settings(max_examples=300, deadline=None)
-@given(texts=st.lists(_TEXT, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=8))
-def test_random_text_round_trips_through_a_whatwg_parser(texts: list[str], cuts: list[int]) -> None:
-    """Whatever the text, the client gets it back (line breaks normalised to LF) and no injected field."""
-    stream = b"".join(encode_event("token", t, id=f"s.{i}") for i, t in enumerate(texts))
+def _feed_cut(stream: bytes, cuts: list[int]) -> WhatwgParser:
+    # The bytes cut at random points, inside lines and inside UTF-8 characters.
     parser = WhatwgParser()
-    # Feed the bytes cut at random points, inside lines and inside UTF-8 characters.
     previous = 0
     for cut in sorted({min(c, len(stream)) for c in cuts}):
         parser.feed(stream[previous:cut])
         previous = cut
     parser.feed(stream[previous:])
-    result = parser.result
-    expected = [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts]
-    assert [e.data for e in result.events] == expected
-    assert [e.type for e in result.events] == ["token"] * len(texts)
-    assert [e.last_event_id for e in result.events] == [f"s.{i}" for i in range(len(texts))]
-    assert set(result.fields_seen) <= {"id", "event", "data"}
-    assert result.retry is None
+    return parser
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_TEXT, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_random_text_round_trips_through_the_chat_stream_encoder(texts: list[str], cuts: list[int]) -> None:
+    """Whatever the text, the client gets it back exactly, one frame per token, with no injected field."""
+    texts = [t for t in texts if t]  # an empty delta is no frame
+    encoder = SSEEncoder("s", retry_ms=1000)
+    stream = encoder.start(START) + b"".join(encoder.delta(Delta(text=t)) for t in texts) + encoder.end(DONE)
+    result = _feed_cut(stream, cuts).result
+    tokens = [e for e in result.events if e.type == "token"]
+    assert [json.loads(e.data)["text"] for e in tokens] == texts
+    assert [e.type for e in result.events] == ["start", *["token"] * len(texts), "done"]
+    assert [e.last_event_id for e in result.events] == [f"s.{i}" for i in range(len(texts) + 2)]
+    assert set(result.fields_seen) <= {"retry", "id", "event", "data"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_TEXT, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_random_text_round_trips_through_the_pass_through(texts: list[str], cuts: list[int]) -> None:
+    """An upstream event's data, whatever it holds, reaches the client as the same data (line breaks as LF)."""
+    encoder = OpenAIChunkEncoder("s", "m", 1, include_usage=False)
+    stream = b"".join(encoder.delta(Delta(text="x", raw=(t,))) for t in texts)
+    result = _feed_cut(stream, cuts).result
+    assert [e.data for e in result.events] == [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts]
+    assert set(result.fields_seen) <= {"data"}
