@@ -23,7 +23,7 @@ from tests.support.whatwg_sse import WhatwgParser, parse
 BOM = b"\xef\xbb\xbf"
 HOSTILE = ["a\nb", "a\r\nb", "a\rid: 9", "\n", "\r", "x\x00y", "\u2028\u2029", "\ufeffstart", "data: x\n\nevent: done"]
 START = StartFrame(id="s", model="m", provider="p", upstream_model="u", created=1, request_id="r")
-DONE = DoneFrame(finish_reason="stop", usage=Usage(1, 2, 3), usage_source="upstream")
+DONE = DoneFrame(finish_reason="stop", usage=Usage(1, 2, 3), usage_source="provider")
 
 
 def test_chat_stream_frames_byte_for_byte() -> None:
