@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 
 from app.chat_input import ChatInput
+from app.errors import RateLimited
 from app.json_body import read_body
 from app.limits import Limiter
 from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
@@ -82,13 +82,19 @@ class ChatService:
     def session_seconds(self) -> int:
         return self._settings.sessions.max_age_seconds
 
-    async def login(self, peer: str | None, headers: Mapping[str, str], offered: str | None) -> str | None:
-        """The key id a session may carry (None: anonymous, when auth is off); raises `Unauthorized`."""
+    async def login(self, connection: ASGIConnection[Any, Any, Any, Any], offered: str | None) -> str | None:
+        """The key id a new session may carry (None: anonymous, when auth is off); raises `Unauthorized`, or
+        `RateLimited` past the address's logins per minute or when the session store is full."""
+        peer = connection.client.host if connection.client else None
         address = principal_key(
-            api_key_id=None, peer=peer, headers=headers, trusted=self._settings.limits.trusted_proxies
+            api_key_id=None, peer=peer, headers=connection.headers, trusted=self._settings.limits.trusted_proxies
         )
-        await self._limiter.check_request(f"login:{address}")
-        identity = self._auth.identify({"x-api-key": offered} if offered else headers, None)
+        await self._limiter.check_request(
+            f"login:{address}", self._settings.sessions.logins_per_minute, "sessions.logins_per_minute"
+        )
+        identity = self._auth.identify({"x-api-key": offered} if offered else connection.headers, None)
+        if not await self._sessions.has_room(connection):
+            raise RateLimited("too many open sessions; try again later", retry_after=60)
         return identity.key_id if identity else None
 
     def models_for(self, caller: Caller) -> list[str]:

@@ -9,7 +9,6 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.middleware.session.server_side import ServerSideSessionConfig
 from litestar.stores.base import Store
-from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
 
 from app.backends.base import Backend
@@ -24,6 +23,7 @@ from app.routes.auth import close_session, open_session
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz, readyz
 from app.routes.openai import chat_completions, list_models
+from app.session_store import BoundedMemoryStore
 from app.sessions import SKIP_SESSION, SessionReader
 from app.settings import Settings, load_settings
 from app.shutdown import ShutdownDrain
@@ -139,7 +139,7 @@ def _session_store(settings: Settings, backend: Backend) -> Store:
         # The limits' pool, with its retry on dead connections; the backend closes it.
         namespace = f"{settings.state.key_prefix}sessions"
         return RedisStore(backend.client, namespace=namespace, handle_client_shutdown=False)
-    return MemoryStore()
+    return BoundedMemoryStore(settings.sessions.max_sessions)
 
 
 def create_app_from_environment() -> Litestar:

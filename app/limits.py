@@ -29,6 +29,7 @@ _LABELS = {
     "requests_per_minute": "requests per minute",
     "concurrent_streams": "open streams",
     "tokens_per_minute": "tokens per minute",
+    "sessions.logins_per_minute": "logins per minute",
 }
 
 
@@ -102,9 +103,12 @@ class Limiter:
                 await self._heartbeat
         await self._backend.aclose()
 
-    async def check_request(self, principal: str) -> dict[str, str]:
-        """Count a request that opens no stream (e.g. a session login); returns the X-RateLimit headers."""
-        rpm = self._settings.requests_per_minute
+    async def check_request(
+        self, principal: str, per_minute: int | None = None, name: str = "requests_per_minute"
+    ) -> dict[str, str]:
+        """Count a request that opens no stream (e.g. a session login) against `per_minute`, the limit called
+        `name` in the config (by default the request limit); returns the X-RateLimit headers."""
+        rpm = self._settings.requests_per_minute if per_minute is None else per_minute
         if not rpm:
             return {}
         try:
@@ -113,7 +117,7 @@ class Limiter:
             decision = await (await self._degraded(exc)).hit(principal, rpm, WINDOW_SECONDS)
         headers = _headers(decision)
         if not decision.allowed:
-            raise _refused(principal, "requests_per_minute", decision.limit, decision.reset_after, headers)
+            raise _refused(principal, name, decision.limit, decision.reset_after, headers)
         return headers
 
     async def admit(

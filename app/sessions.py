@@ -15,6 +15,7 @@ from litestar.datastructures import Cookie
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 
 from app.errors import LimitsUnavailable
+from app.session_store import BoundedMemoryStore
 
 logger = logging.getLogger("tokenrelay.sessions")
 
@@ -39,6 +40,14 @@ class SessionReader:
                 raise LimitsUnavailable("sessions are unavailable; try again shortly", retry_after=1) from exc
             return None
         return data or None
+
+    async def has_room(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+        """Whether the store takes one more session (Redis always does: its sessions expire by TTL)."""
+        store = self._config.get_store_from_app(connection.scope["app"])
+        if not isinstance(store, BoundedMemoryStore) or await store.has_room():
+            return True
+        logger.warning("session store full (sessions.max_sessions: %d): login refused", store.size)
+        return False
 
     async def end(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Cookie:
         """Delete the connection's session from the store; the cookie returned expires it in the browser now.

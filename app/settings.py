@@ -129,6 +129,9 @@ class SessionSettings(_Frozen):
     cookie_name: str = Field(default="tokenrelay_session", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     secure: bool = False
     max_age_seconds: int = Field(default=86400, ge=60)
+    # Logins per client address, whatever limits.requests_per_minute says: sessions are not free to mint.
+    logins_per_minute: int = Field(default=10, ge=1)
+    max_sessions: int = Field(default=100_000, ge=1, description="held by the in-process store (no Redis)")
 
 
 class StateSettings(_Frozen):

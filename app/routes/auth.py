@@ -1,7 +1,8 @@
 """Browser sessions: `POST /auth/session` trades an API key for an HttpOnly cookie that EventSource sends by itself.
 
-With auth off it opens an anonymous session, which then is the browser's rate-limit principal. Logins count
-against the client address's request limit, so neither key guessing nor session minting is free.
+With auth off it opens an anonymous session (whose principal is still the client address). Logins are limited per
+address (`sessions.logins_per_minute`, whatever the request limit), so neither key guessing nor session minting is
+free, and the in-process store holds at most `sessions.max_sessions`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ async def open_session(request: Request[Any, Any, Any], chat_service: NamedDepen
         offered = json_object(body, request.headers.get("content-type")).get("api_key")
         if offered is not None and not isinstance(offered, str):
             raise InvalidRequest("api_key: must be a string", field="api_key")
-    peer = request.client.host if request.client else None
-    key_id = await chat_service.login(peer, request.headers, offered)
+    key_id = await chat_service.login(request, offered)
     request.set_session({"sid": secrets.token_urlsafe(16), "key_id": key_id})
     return {"key_id": key_id, "expires_in": chat_service.session_seconds}
 
