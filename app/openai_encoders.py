@@ -13,13 +13,15 @@ from typing import Any
 
 import msgspec
 
-from app.errors import error_type
+from app.errors import UpstreamError, error_type
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
 from app.sse import PING, encode_data, encode_json_data
 from app.sse_transport import SSE_HEADERS
 from providers.base import Delta
 
 _encode = msgspec.json.Encoder().encode
+# A whole answer held for a non-stream request: far beyond any model's output (1M tokens are ~4 MB), and bounded.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -138,9 +140,11 @@ class CompletionEncoder:
     keepalive = b""
     buffered = True
 
-    def __init__(self, stream_id: str, created: int) -> None:
+    def __init__(self, stream_id: str, created: int, max_bytes: int = MAX_ANSWER_BYTES) -> None:
         self._id = f"chatcmpl-{stream_id}"
         self._created = created
+        self._max = max_bytes
+        self._size = 0
         self._model = ""
         self._text: list[str] = []
         self._reasoning: list[str] = []
@@ -151,6 +155,9 @@ class CompletionEncoder:
         return b""
 
     def delta(self, delta: Delta) -> bytes:
+        self._size += len(delta.text) + len(delta.reasoning) + sum(len(c.arguments) for c in delta.tool_calls)
+        if self._size > self._max:
+            raise UpstreamError(f"the answer is over {self._max} bytes; ask for it with stream: true")
         if delta.text:
             self._text.append(delta.text)
         if delta.reasoning:

@@ -229,6 +229,8 @@ class FakeUpstream:
             return True
         if name == "leak":
             return await _leak(record, writer, params)
+        if name == "endless":
+            return await _endless(record, reader, writer, params)
         if name == "slow_headers":
             await _sleep_or_hangup(reader, float(params.get("delay_ms", "1000")) / 1000)
             if reader.at_eof():
@@ -270,6 +272,25 @@ class FakeUpstream:
         await writer.drain()
         record.finished_at = time.monotonic()
         return name != "cutoff"
+
+
+async def _endless(
+    record: RequestRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, params: dict[str, str]
+) -> bool:
+    """`after` tokens (none: not even the role chunk), then one line that never ends (up to 64 MiB), as a broken
+    or hostile upstream might send."""
+    writer.write(_SSE_HEAD)
+    after = int(params.get("after", "0"))
+    for event in itertools.islice(generated_stream("fake-model", after), 1 + after if after else 0):
+        writer.write(_chunked(event))
+    writer.write(_chunked(b"data: "))
+    filler = _chunked(b"x" * 65536)
+    for _ in range(1024):
+        if reader.at_eof():
+            return False
+        writer.write(filler)
+        await _drain(writer, record)
+    return False
 
 
 async def _leak(record: RequestRecord, writer: asyncio.StreamWriter, params: dict[str, str]) -> bool:

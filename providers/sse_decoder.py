@@ -3,11 +3,18 @@
 It takes the body as it arrives, in chunks cut anywhere: inside a line, between the CR and LF of a CRLF, or
 inside a multi-byte UTF-8 character. Bytes are split into lines first and decoded per whole line, so a character
 split across chunks is never decoded in halves.
+
+What it holds is bounded: an upstream that never ends a line or an event (a broken or hostile server) fails the
+stream with `upstream_error` once `max_event_bytes` is pending, instead of growing memory per stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from app.errors import UpstreamError
+
+MAX_EVENT_BYTES = 1024 * 1024  # a chunk of Chat Completions or Anthropic events is a few hundred bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +27,11 @@ class ServerSentEvent:
 class SSEDecoder:
     """Feed body chunks, get the events they complete. Comments and `retry:` are consumed and ignored."""
 
-    __slots__ = ("_data", "_event", "_id", "_pending", "_skip_lf")
+    __slots__ = ("_data", "_event", "_id", "_max", "_pending", "_size", "_skip_lf")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._size = 0  # of the data lines of the event being read
         self._pending = b""
         self._skip_lf = False
         self._data: list[str] = []
@@ -44,6 +53,8 @@ class SSEDecoder:
             self._skip_lf = last.endswith(b"\r")
         else:
             self._pending = lines.pop()
+            if len(self._pending) > self._max:
+                raise UpstreamError(f"the upstream sent a line over {self._max} bytes")
         events: list[ServerSentEvent] = []
         for raw in lines:
             event = self._line(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
@@ -60,6 +71,9 @@ class SSEDecoder:
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
+            self._size += len(value)
+            if self._size > self._max:
+                raise UpstreamError(f"the upstream sent an event over {self._max} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -73,5 +87,6 @@ class SSEDecoder:
             return None
         event = ServerSentEvent(event=self._event or "message", data="\n".join(self._data), id=self._id)
         self._data = []
+        self._size = 0
         self._event = ""
         return event

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.errors import UpstreamError
 from providers.sse_decoder import ServerSentEvent, SSEDecoder
 
 BODY = (
@@ -55,3 +57,25 @@ def test_utf8_character_split_across_chunks() -> None:
 def test_any_cut_points(cuts: list[int]) -> None:
     points = [0, *sorted(set(cuts)), len(BODY)]
     assert decode([BODY[a:b] for a, b in itertools.pairwise(points)]) == EXPECTED
+
+
+def test_a_line_that_never_ends_is_refused_at_the_bound() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    decoder.feed(b"data: " + b"x" * 900)
+    with pytest.raises(UpstreamError, match="line over 1000 bytes"):
+        decoder.feed(b"x" * 200)
+
+
+def test_an_event_that_never_ends_is_refused_at_the_bound() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    for _ in range(9):
+        assert decoder.feed(b"data: " + b"x" * 100 + b"\n") == []
+    with pytest.raises(UpstreamError, match="event over 1000 bytes"):
+        decoder.feed(b"data: " + b"x" * 200 + b"\n")
+
+
+def test_the_bound_is_per_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    for _ in range(20):
+        (event,) = decoder.feed(b"data: " + b"x" * 600 + b"\n\n")
+        assert len(event.data) == 600
