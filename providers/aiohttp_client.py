@@ -76,14 +76,20 @@ class _Response:
 
 
 class AiohttpClient:
-    def __init__(self, *, max_connections: int) -> None:
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 30.0) -> None:
         self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
         # Made in open(), not __init__: aiohttp binds a session to the event loop that creates it.
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=0,
+                ttl_dns_cache=300,
+                keepalive_timeout=self._keepalive_expiry,
+            )
             # No cookie jar and no environment proxies: an API relay carries neither, and both cost per request.
             self._session = aiohttp.ClientSession(
                 connector=connector,

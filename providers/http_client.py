@@ -71,16 +71,18 @@ class HttpClient(Protocol):
         ...
 
 
-def build_http_client(kind: HttpClientKind, *, max_connections: int) -> HttpClient:
+def build_http_client(kind: HttpClientKind, *, max_connections: int, keepalive_expiry: float = 30.0) -> HttpClient:
     """One pooled client; the caller owns it and closes it with `aclose()`."""
     if kind == "httptools":
         from providers.httptools_client import HttptoolsClient
 
-        return HttptoolsClient(max_connections=max_connections)
+        return HttptoolsClient(max_connections=max_connections, keepalive_expiry=keepalive_expiry)
     if kind == "aiohttp":
         from providers.aiohttp_client import AiohttpClient
 
-        return AiohttpClient(max_connections=max_connections)
+        return AiohttpClient(max_connections=max_connections, keepalive_expiry=keepalive_expiry)
     from providers.httpx_client import HttpxClient
 
-    return HttpxClient(max_connections=max_connections, via_aiohttp=kind == "httpx-aiohttp")
+    return HttpxClient(
+        max_connections=max_connections, keepalive_expiry=keepalive_expiry, via_aiohttp=kind == "httpx-aiohttp"
+    )

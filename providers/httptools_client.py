@@ -7,7 +7,8 @@ what bounds time to first token when many requests arrive together. This client 
 body over as it arrives. It does no redirects, proxies, cookies or decompression (it asks for `identity`).
 
 One request at a time per connection; a connection goes back to the pool only when its response was read to the
-end and the server allows keep-alive, and is cut otherwise.
+end and the server allows keep-alive, and is cut otherwise. An idle connection is closed after `keepalive_expiry`
+seconds (a burst leaves no crowd of idle sockets behind), and one the server closes leaves the pool at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, cast
 from urllib.parse import urlsplit
@@ -64,11 +65,14 @@ class _Origin:
 class _Connection(asyncio.Protocol):
     """One upstream connection and the response currently arriving on it (httptools callbacks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool_key: tuple[str, int], on_lost: Callable[[_Connection], None]) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.pool_key = pool_key
+        self._on_lost = on_lost
+        self.expiry: asyncio.TimerHandle | None = None  # while idle in the pool
         self._reset()
 
     def _reset(self) -> None:
@@ -100,6 +104,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._on_lost(self)
         if self.complete:
             return
         if self._headers_seen.done() and not self._body_framed:
@@ -227,8 +232,9 @@ class _Response:
 
 
 class HttptoolsClient:
-    def __init__(self, *, max_connections: int) -> None:
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 30.0) -> None:
         self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
         self._tls = ssl.create_default_context()
         self._origins: dict[str, _Origin] = {}
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
@@ -241,6 +247,10 @@ class HttptoolsClient:
     @property
     def open_connections(self) -> int:
         return len(self._open)
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
 
     @asynccontextmanager
     async def post(
@@ -299,18 +309,22 @@ class HttptoolsClient:
     def _idle_connection(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get((origin.host, origin.port))
         while idle:
-            candidate = idle.pop()
+            candidate = idle.pop()  # the most recently used: the likeliest to be alive, the others expire
+            if candidate.expiry is not None:
+                candidate.expiry.cancel()
+                candidate.expiry = None
             if not candidate.closed and candidate.transport is not None and not candidate.transport.is_closing():
                 return candidate
-            self._open.discard(candidate)
+            self._forget(candidate)
         return None
 
     async def _new_connection(self, origin: _Origin, connect_timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
+                key = (origin.host, origin.port)
                 _, connection = await loop.create_connection(
-                    _Connection,
+                    lambda: _Connection(key, self._forget),
                     origin.host,
                     origin.port,
                     ssl=origin.ssl,
@@ -323,11 +337,31 @@ class HttptoolsClient:
 
     def _release(self, origin: _Origin, connection: _Connection) -> None:
         if connection.reusable():
-            self._idle.setdefault((origin.host, origin.port), deque()).append(connection)
+            self._idle.setdefault(connection.pool_key, deque()).append(connection)
+            loop = asyncio.get_running_loop()
+            connection.expiry = loop.call_later(self._keepalive_expiry, self._expire, connection)
         else:
             # An unfinished response cannot be reused: closing it is how the upstream learns we left.
             connection.close()
             self._open.discard(connection)
+
+    def _expire(self, connection: _Connection) -> None:
+        connection.expiry = None
+        self._forget(connection)
+        connection.close()
+
+    def _forget(self, connection: _Connection) -> None:
+        """Out of the pool: expired, or closed by either side (also while idle)."""
+        self._open.discard(connection)
+        if connection.expiry is not None:
+            connection.expiry.cancel()
+            connection.expiry = None
+        idle = self._idle.get(connection.pool_key)
+        if idle is not None:
+            with contextlib.suppress(ValueError):
+                idle.remove(connection)
+            if not idle:
+                del self._idle[connection.pool_key]
 
     async def aclose(self) -> None:
         for connection in list(self._open):

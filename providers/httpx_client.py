@@ -77,8 +77,12 @@ class _Response:
 
 
 class HttpxClient:
-    def __init__(self, *, max_connections: int, via_aiohttp: bool) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 30.0, via_aiohttp: bool) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+        )
         transport: httpx.AsyncBaseTransport
         if via_aiohttp:
             from httpx_aiohttp import AiohttpTransport

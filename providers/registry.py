@@ -40,7 +40,11 @@ class ProviderRegistry:
             if isinstance(config, EchoProviderSettings):
                 self._providers[name] = EchoProvider(config)
                 continue
-            http = build_http_client(config.http_client, max_connections=config.max_connections)
+            http = build_http_client(
+                config.http_client,
+                max_connections=config.max_connections,
+                keepalive_expiry=config.keepalive_expiry_seconds,
+            )
             if isinstance(config, AnthropicProviderSettings):
                 self._providers[name] = AnthropicProvider(config, http, errors)
             else:

@@ -131,3 +131,57 @@ async def test_header_values_cannot_inject_lines(client: HttptoolsClient) -> Non
             "http://127.0.0.1:9/x", headers={"X-Evil": "a\r\nHost: evil"}, body=b"", timeouts=TIMEOUTS
         ):
             pass
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait for `condition`, checked as the event loop turns, for at most `seconds`: a FIN reaches the pool through
+    the transport's `connection_lost`, which offers nothing else to await."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - see above
+            await asyncio.sleep(0.005)
+
+
+async def test_a_connection_closed_while_idle_leaves_the_pool_at_once(client: HttptoolsClient) -> None:
+    async def one_request_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    server, url = await serve(one_request_per_connection)
+    for _ in range(20):
+        assert await body_of(client, url) == (200, b"ok")
+    await until(lambda: client.open_connections == 0)  # not 20 dead sockets waiting to be tried
+    assert client.idle_connections == 0
+    server.close()
+
+
+async def test_idle_connections_expire_after_the_keep_alive_time() -> None:
+    closed = asyncio.Event()
+    open_now = 0
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        open_now += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            open_now -= 1  # the client closed it
+            if open_now == 0:
+                closed.set()
+
+    server, url = await serve(keep_alive)
+    http = HttptoolsClient(max_connections=8, keepalive_expiry=0.2)
+    await http.open()
+    try:
+        results = await asyncio.gather(*(body_of(http, url) for _ in range(4)))  # a burst: four connections
+        assert results == [(200, b"ok")] * 4
+        assert http.idle_connections == 4
+        async with asyncio.timeout(5):
+            await closed.wait()  # the upstream sees every idle connection closed by the client
+        assert (http.idle_connections, http.open_connections) == (0, 0)
+        assert await body_of(http, url) == (200, b"ok")  # and the next request opens a fresh one
+    finally:
+        await http.aclose()
+        server.close()
