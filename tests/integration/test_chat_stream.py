@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -97,11 +100,19 @@ async def test_recorded_transcripts_become_frames(
 
 
 async def test_tokens_read_together_are_merged_into_fewer_frames(upstream: FakeUpstream) -> None:
-    with running_proxy(proxy_settings(upstream, "text")) as base:
+    """The fake upstream writes 16 events per TCP write: 64 tokens arrive in a handful of reads, and each read's
+    tokens leave as one frame (a frame per token would be 64)."""
+    model = "gen?n=64"
+    with running_proxy(proxy_settings(upstream, model, "text")) as base:
         async with httpx.AsyncClient(timeout=10) as client:
-            result = await post_stream(client, base, {"model": "text", "messages": USER})
+            result = await post_stream(client, base, {"model": model, "messages": USER})
+            text = await post_stream(client, base, {"model": "text", "messages": USER})
     assert_well_formed(result)
-    assert result.text() == "Hello! How can I help you today? 😀 中文\n\nline\r\nbreak"
+    assert result.text() == "".join(f" t{i}" for i in range(64))
+    tokens = result.kinds.count("token")
+    assert 1 <= tokens <= 32, f"{tokens} token frames for 64 tokens read 16 at a time"
+    assert_well_formed(text)
+    assert text.text() == "Hello! How can I help you today? 😀 中文\n\nline\r\nbreak"
 
 
 async def test_upstream_request_asks_for_usage_and_carries_the_request_id(upstream: FakeUpstream) -> None:
@@ -191,6 +202,17 @@ async def test_upstream_status_before_the_stream_is_an_http_error(
         assert "fake upstream error" in error["message"]
     if status == 429:
         assert response.headers["retry-after"] == "7"
+
+
+async def test_an_upstream_retry_after_given_as_an_http_date_reaches_the_client(upstream: FakeUpstream) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=40), usegmt=True)
+    model = f"status?code=429&retry_after={quote(when)}"
+    with running_proxy(proxy_settings(upstream, model)) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{base}/chat/stream", json={"model": model, "messages": USER})
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "upstream_rate_limited"
+    assert 35 <= int(response.headers["retry-after"]) <= 41, response.headers["retry-after"]
 
 
 async def test_refused_connection_is_502() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import ssl
+from datetime import UTC, datetime
 
 import aiohttp
 import aiohttp.client_exceptions
@@ -17,6 +18,7 @@ import pytest
 
 from app.errors import ProxyError, UpstreamError
 from providers import aiohttp_client, httptools_client, httpx_client
+from providers.upstream_errors import parse_retry_after
 
 
 def exception_classes(module: object) -> list[type[BaseException]]:
@@ -85,3 +87,19 @@ def test_httptools_translation(exc: BaseException, code: str) -> None:
     mapped = httptools_client.translate(exc)
     assert isinstance(mapped, UpstreamError)
     assert mapped.code == code
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("7", 7),
+        ("0.2", 1),
+        ("Wed, 21 Oct 2026 07:28:30 GMT", 30),  # an HTTP date, 30 s after `now`
+        ("Wed, 21 Oct 2026 07:27:00 GMT", 1),  # in the past: at least 1
+        ("soon", 1),
+        (None, 1),
+    ],
+)
+def test_retry_after_in_seconds_or_as_an_http_date(value: str | None, expected: int) -> None:
+    now = datetime(2026, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after(value, now=now) == expected
