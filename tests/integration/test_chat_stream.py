@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import quote
@@ -149,17 +151,25 @@ async def test_stream_headers(upstream: FakeUpstream) -> None:
 
 
 async def test_pings_cover_the_wait_for_the_first_token(upstream: FakeUpstream) -> None:
-    model = "gen?n=2&first_ms=1000"
-    with running_proxy(proxy_settings(upstream, model, ping_interval=0.2)) as base:
+    """The upstream answered but its first token is 10 s away: pings keep the silence covered, each after a full
+    interval of silence. Awaited pings, and a lower bound only causality sets (the commit itself waits one
+    interval, then each ping one more), so a busy machine cannot break it."""
+    model = "gen?n=2&first_ms=10000"
+    interval = 0.2
+    with running_proxy(proxy_settings(upstream, model, ping_interval=interval)) as base:
         async with httpx.AsyncClient(timeout=10) as client:
-            result = await post_stream(client, base, {"model": model, "messages": USER})
-    assert_well_formed(result)
-    assert result.text() == " t0 t1"
-    start_at = result.body.index(b"event: start")
-    first_token_at = result.body.index(b"event: token")
-    pings_before_first_token = result.body[start_at:first_token_at].count(b": ping\n\n")
-    assert 3 <= pings_before_first_token <= 6
-    assert result.parsed.comments.count("ping") == pings_before_first_token
+            parser = WhatwgParser()
+            sent = time.monotonic()
+            async with client.stream("POST", f"{base}/chat/stream", json={"model": model, "messages": USER}) as r:
+                async with asyncio.timeout(5):
+                    async for chunk in r.aiter_raw():
+                        parser.feed(chunk)
+                        if parser.result.comments.count("ping") >= 3:
+                            break
+                elapsed = time.monotonic() - sent
+    assert [e.type for e in parser.result.events] == ["start"], "a token came before the pings"
+    assert parser.result.comments == ["ping", "ping", "ping"]
+    assert elapsed >= 3.5 * interval, f"three pings within {elapsed:.2f} s: they do not wait for silence"
 
 
 async def test_no_ping_while_tokens_flow(upstream: FakeUpstream) -> None:
