@@ -3,16 +3,19 @@ exists only while Redis fails."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 from redis import asyncio as aioredis
 
+from app.backends.memory import MemoryBackend
 from app.backends.redis import RedisBackend
 from app.errors import LimitsUnavailable, RateLimited
 from app.limits import Limiter
 from app.settings import LimitSettings
+from tests.support.logs import RecordCollector
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -91,5 +94,38 @@ async def test_the_fallback_counts_open_streams_during_an_outage_and_is_dropped_
         for admission in [*held, other]:
             await admission.close(0)
         assert (await limiter.admit("ip:1", "s6", 0)).principal == "ip:1"
+    finally:
+        await limiter.aclose()
+
+
+class FailingOnce(MemoryBackend):
+    """A store whose first heartbeat fails with an error that is not "unavailable" (a bug, a protocol surprise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beats = 0
+        self.beaten = asyncio.Event()
+
+    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+        self.beats += 1
+        if self.beats == 1:
+            raise RuntimeError("unexpected reply")
+        await super().assert_leases(leases, ttl)
+        if self.beats >= 2:
+            self.beaten.set()
+
+
+async def test_the_heartbeat_survives_an_unexpected_failure(logs: RecordCollector) -> None:
+    store = FailingOnce()
+    limiter = Limiter(LimitSettings(concurrent_streams=1, lease_ttl_seconds=0.3), store)
+    await limiter.open()
+    try:
+        admission = await limiter.admit("ip:1", "s1", 0)
+        async with asyncio.timeout(5):
+            await store.beaten.wait()  # it beat again after the failure, and renewed the lease
+        assert logs.messages("lease heartbeat failed")
+        with pytest.raises(RateLimited):
+            await limiter.admit("ip:1", "s2", 0)
+        await admission.close(0)
     finally:
         await limiter.aclose()
