@@ -72,8 +72,9 @@ class Limiter:
         # as the heartbeat reaches the store again, so it never holds more than an outage's worth.
         self._fallback: MemoryBackend | None = None
         self._leases: set[tuple[str, str]] = set()
-        # Leases an admission may have taken without hearing so (a time-out): released at the next good beat.
-        self._orphans: set[tuple[str, str]] = set()
+        # Leases an admission may have taken without hearing so (a time-out), with when: released at the next
+        # good beat, or forgotten after a TTL, when the store has expired them by itself.
+        self._orphans: dict[tuple[str, str], float] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self.fallback_decisions = 0  # decisions made locally because the shared store failed
         self._mean_stream_seconds: float | None = None  # how long this process's streams last (moving average)
@@ -143,8 +144,8 @@ class Limiter:
         try:
             verdict = await self._backend.admit(principal, stream_id, ask)
         except BackendUnavailable as exc:
-            if ask.streams:
-                self._orphans.add((principal, stream_id))  # the lost answer may have been a yes
+            if ask.streams and exc.maybe_done:
+                self._orphans[(principal, stream_id)] = time.monotonic()  # the lost answer may have been a yes
             verdict = await (await self._degraded(exc)).admit(principal, stream_id, ask)
             local = True
         if verdict.refused_by is not None:
@@ -209,15 +210,13 @@ class Limiter:
         except BackendUnavailable as exc:
             logger.warning("rate-limit store unavailable while settling tokens: %s", exc)
 
-    async def _release(self, principal: str, lease: str) -> bool:
+    async def _release(self, principal: str, lease: str) -> None:
         if self._fallback is not None:
             await self._fallback.release(principal, lease)
         try:
             await self._backend.release(principal, lease)
         except BackendUnavailable as exc:
             logger.warning("rate-limit store unavailable while releasing: %s", exc)
-            return False
-        return True
 
     async def _renew_leases(self) -> None:
         """The heartbeat, every ttl / 3. Supervised: no failure ends it; each is logged and it beats again."""
@@ -231,22 +230,33 @@ class Limiter:
 
     async def beat(self) -> None:
         """Assert again every lease this process holds, in one round trip (which also puts back leases a
-        restarted store lost), and release what ended or was orphaned meanwhile."""
+        restarted store lost), and release what ended or was orphaned meanwhile. With no lease to assert during
+        an outage, a ping tells whether the store is back."""
         ttl = self._settings.lease_ttl_seconds
         held = list(self._leases)
         try:
-            await self._backend.assert_leases(held, ttl)
+            if held:
+                await self._backend.assert_leases(held, ttl)
+            elif self._fallback is not None:
+                await self._backend.ping()
         except BackendUnavailable:
             if self._fallback is not None:
-                await self._fallback.assert_leases(held, ttl)
+                # Not a stream that ended while the store kept us waiting: it would count for a whole TTL.
+                await self._fallback.assert_leases([lease for lease in held if lease in self._leases], ttl)
             return  # the leases come back with the first beat after the store does
         if self._fallback is not None:
             logger.warning("rate-limit store answers again; limits are shared again")
             self._fallback = None
         # A stream that ended while the beat was in flight may have had its lease put back: take it out again.
-        for principal, lease in (set(held) | self._orphans) - self._leases:
-            if await self._release(principal, lease):
-                self._orphans.discard((principal, lease))
+        ended = set(held) - self._leases
+        now = time.monotonic()
+        orphans = {lease for lease, at in self._orphans.items() if now - at < ttl and lease not in self._leases}
+        self._orphans.clear()
+        if ended or orphans:
+            try:
+                await self._backend.release_all(ended | orphans)
+            except BackendUnavailable as exc:
+                logger.warning("rate-limit store unavailable while releasing: %s", exc)  # they expire by TTL
 
 
 def _headers(decision: Decision) -> dict[str, str]:

@@ -20,8 +20,9 @@ from app.sse_transport import SSE_HEADERS
 from providers.base import Delta
 
 _encode = msgspec.json.Encoder().encode
-# A whole answer held for a non-stream request: far beyond any model's output (1M tokens are ~4 MB), and bounded.
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
+# A whole answer held for a non-stream request, in characters: far beyond any model's output (1M tokens are about
+# 4M characters), and bounded.
+MAX_ANSWER_CHARS = 16 * 1024 * 1024
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -140,7 +141,7 @@ class CompletionEncoder:
     keepalive = b""
     buffered = True
 
-    def __init__(self, stream_id: str, created: int, max_bytes: int = MAX_ANSWER_BYTES) -> None:
+    def __init__(self, stream_id: str, created: int, max_bytes: int = MAX_ANSWER_CHARS) -> None:
         self._id = f"chatcmpl-{stream_id}"
         self._created = created
         self._max = max_bytes
@@ -157,7 +158,7 @@ class CompletionEncoder:
     def delta(self, delta: Delta) -> bytes:
         self._size += len(delta.text) + len(delta.reasoning) + sum(len(c.arguments) for c in delta.tool_calls)
         if self._size > self._max:
-            raise UpstreamError(f"the answer is over {self._max} bytes; ask for it with stream: true")
+            raise UpstreamError(f"the answer is over {self._max} characters; ask for it with stream: true")
         if delta.text:
             self._text.append(delta.text)
         if delta.reasoning:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from litestar.stores.memory import MemoryStore
 
 SWEEP_SECONDS = 60.0
+FULL_SWEEP_SECONDS = 1.0
 
 
 class BoundedMemoryStore(MemoryStore):
@@ -30,10 +31,12 @@ class BoundedMemoryStore(MemoryStore):
         return len(self._store)
 
     async def has_room(self) -> bool:
-        """Whether one more session fits, after forgetting the expired ones if it is full."""
+        """Whether one more session fits, after forgetting the expired ones if it is full (at most once a second:
+        a sweep reads every session, and a full store must not make each refused login pay for one)."""
         if len(self._store) < self._max:
             return True
-        await self._sweep()
+        if self._clock() - self._swept >= FULL_SWEEP_SECONDS:
+            await self._sweep()
         return len(self._store) < self._max
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:

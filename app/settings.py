@@ -217,7 +217,7 @@ class _HttpProviderSettings(_Frozen):
     api_key: SecretStr | None = None
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=4096, ge=1)
-    keepalive_expiry_seconds: float = Field(default=30, gt=0, description="an idle upstream connection is closed after")
+    keepalive_expiry_seconds: float = Field(default=15, gt=0, description="an idle upstream connection is closed after")
     http_client: Literal["httptools", "aiohttp", "httpx", "httpx-aiohttp"] = "httptools"
     headers: dict[str, str] = Field(default_factory=dict)
 

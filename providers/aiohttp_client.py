@@ -76,7 +76,7 @@ class _Response:
 
 
 class AiohttpClient:
-    def __init__(self, *, max_connections: int, keepalive_expiry: float = 30.0) -> None:
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 15.0) -> None:
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None

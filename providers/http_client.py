@@ -71,7 +71,7 @@ class HttpClient(Protocol):
         ...
 
 
-def build_http_client(kind: HttpClientKind, *, max_connections: int, keepalive_expiry: float = 30.0) -> HttpClient:
+def build_http_client(kind: HttpClientKind, *, max_connections: int, keepalive_expiry: float = 15.0) -> HttpClient:
     """One pooled client; the caller owns it and closes it with `aclose()`."""
     if kind == "httptools":
         from providers.httptools_client import HttptoolsClient

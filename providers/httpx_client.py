@@ -77,7 +77,7 @@ class _Response:
 
 
 class HttpxClient:
-    def __init__(self, *, max_connections: int, keepalive_expiry: float = 30.0, via_aiohttp: bool) -> None:
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 15.0, via_aiohttp: bool) -> None:
         limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,

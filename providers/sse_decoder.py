@@ -27,11 +27,12 @@ class ServerSentEvent:
 class SSEDecoder:
     """Feed body chunks, get the events they complete. Comments and `retry:` are consumed and ignored."""
 
-    __slots__ = ("_data", "_event", "_id", "_max", "_pending", "_size", "_skip_lf")
+    __slots__ = ("_data", "_event", "_id", "_max", "_overflow", "_pending", "_size", "_skip_lf")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
-        self._size = 0  # of the data lines of the event being read
+        self._size = 0  # of the data lines of the event being read (characters, plus one per line)
+        self._overflow: str | None = None  # the bound was passed: the next feed fails
         self._pending = b""
         self._skip_lf = False
         self._data: list[str] = []
@@ -39,6 +40,8 @@ class SSEDecoder:
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if self._overflow is not None:
+            raise UpstreamError(self._overflow)
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False
@@ -54,7 +57,9 @@ class SSEDecoder:
         else:
             self._pending = lines.pop()
             if len(self._pending) > self._max:
-                raise UpstreamError(f"the upstream sent a line over {self._max} bytes")
+                # The events this chunk completed still go out first; the stream fails at the next chunk.
+                self._overflow = f"the upstream sent a line over {self._max} bytes"
+                self._pending = b""
         events: list[ServerSentEvent] = []
         for raw in lines:
             event = self._line(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
@@ -71,9 +76,9 @@ class SSEDecoder:
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
-            self._size += len(value)
+            self._size += len(value) + 1  # an empty `data:` line still costs a list entry
             if self._size > self._max:
-                raise UpstreamError(f"the upstream sent an event over {self._max} bytes")
+                raise UpstreamError(f"the upstream sent an event over {self._max} characters")
             self._data.append(value)
         elif name == "event":
             self._event = value

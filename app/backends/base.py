@@ -20,7 +20,12 @@ LimitName = Literal["requests_per_minute", "concurrent_streams", "tokens_per_min
 
 
 class BackendUnavailable(Exception):
-    """The shared store could not be reached; the caller decides to fail open or closed."""
+    """The shared store could not be reached; the caller decides to fail open or closed. `maybe_done`: the
+    command was sent and its answer lost (a time-out), so it may have run."""
+
+    def __init__(self, message: str, *, maybe_done: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_done = maybe_done
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,10 @@ class Backend(Protocol):
         ...
 
     async def release(self, key: str, lease: str) -> None: ...
+
+    async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
+        """`release` for each `(key, lease)`, in one round trip."""
+        ...
 
     async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
         """Replace a reservation by what was really used."""

@@ -102,6 +102,10 @@ class MemoryBackend:
         for key, lease in leases:
             self._leases.setdefault(key, {})[lease] = expiry
 
+    async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
+        for key, lease in leases:
+            await self.release(key, lease)
+
     async def release(self, key: str, lease: str) -> None:
         leases = self._leases.get(key)
         if leases is not None:

@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.backends.base import Ask, BackendUnavailable, Decision, LimitName, Verdict
 
@@ -213,14 +214,25 @@ class RedisBackend:
         try:
             await pipe.execute()
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     async def release(self, key: str, lease: str) -> None:
         redis = self._client()
         try:
             await redis.zrem(self._key(key, "conc"), lease)
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise _unavailable(exc) from exc
+
+    async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
+        pipe = self._client().pipeline(transaction=False)
+        for key, lease in leases:
+            pipe.zrem(self._key(key, "conc"), lease)
+        if not pipe.command_stack:
+            return
+        try:
+            await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
 
     def _key(self, principal: str, kind: str) -> str:
         # One hash tag per principal: the keys one admission script touches share a Redis Cluster slot.
@@ -231,10 +243,14 @@ class RedisBackend:
         try:
             return await self._scripts[script](keys=keys, args=args)
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     def _client(self) -> aioredis.Redis:
         return self.client
+
+
+def _unavailable(exc: RedisError) -> BackendUnavailable:
+    return BackendUnavailable(f"Redis: {exc}", maybe_done=isinstance(exc, RedisTimeoutError))
 
 
 def redacted_url(url: str) -> str:

@@ -172,7 +172,7 @@ async def test_idle_connections_expire_after_the_keep_alive_time() -> None:
                 closed.set()
 
     server, url = await serve(keep_alive)
-    http = HttptoolsClient(max_connections=8, keepalive_expiry=0.2)
+    http = HttptoolsClient(max_connections=8, keepalive_expiry=1.0)
     await http.open()
     try:
         results = await asyncio.gather(*(body_of(http, url) for _ in range(4)))  # a burst: four connections

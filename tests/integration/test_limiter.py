@@ -129,3 +129,60 @@ async def test_the_heartbeat_survives_an_unexpected_failure(logs: RecordCollecto
         await admission.close(0)
     finally:
         await limiter.aclose()
+
+
+async def test_an_outage_with_no_open_stream_keeps_the_local_limits(own_redis: RedisServer) -> None:
+    """With no lease to assert, a beat during the outage must not pass for the store's return and reset the
+    fallback (a fresh request budget every beat)."""
+    settings = LimitSettings(requests_per_minute=2, concurrent_streams=0, on_backend_failure="fail_open")
+    limiter = await opened(settings, own_redis.url, "quiet:")
+    try:
+        own_redis.stop()
+        admitted = 0
+        for round_ in range(3):
+            for i in range(3):
+                try:
+                    await (await limiter.admit("ip:1", f"s{round_}.{i}", 0)).close(0)
+                    admitted += 1
+                except RateLimited:
+                    pass
+            await limiter.beat()
+        assert admitted == 2
+    finally:
+        await limiter.aclose()
+
+
+BUSY_SCRIPT = """
+local t = redis.call('TIME')
+local until_us = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= until_us
+return 1
+"""
+
+
+async def test_a_lease_taken_by_an_admission_whose_answer_was_lost_is_released(redis_server: RedisServer) -> None:
+    """Redis is busy past the client's time-out: the admission gets 503, yet its script runs afterwards and takes
+    the lease. The next heartbeat gives it back instead of letting it lock the principal out for a TTL."""
+    prefix = f"lost-{uuid.uuid4().hex}:"
+    settings = LimitSettings(requests_per_minute=0, concurrent_streams=1, on_backend_failure="fail_closed")
+    limiter = await opened(settings, redis_server.url, prefix)
+    redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        await redis.ping()  # connected: the busy script below is written at its task's first step
+        await (await limiter.admit("key:warm", "w", 0)).close(0)  # the admission script is loaded (EVALSHA)
+
+        async def hold_the_server() -> object:
+            return await redis.eval(BUSY_SCRIPT, 0, "800000")
+
+        busy = asyncio.create_task(hold_the_server())  # 0.8 s of script; the limiter gives up at 0.3
+        await asyncio.sleep(0.05)  # the script reaches the server before the admission does
+        with pytest.raises(LimitsUnavailable):
+            await limiter.admit("key:k", "s1", 0)
+        await busy
+        assert await redis.zcard(f"{prefix}{{key:k}}:conc") == 1, "the lost admission did run"
+        await limiter.beat()
+        assert await redis.zcard(f"{prefix}{{key:k}}:conc") == 0
+        await (await limiter.admit("key:k", "s2", 0)).close(0)
+    finally:
+        await redis.aclose()
+        await limiter.aclose()

@@ -60,17 +60,26 @@ def test_any_cut_points(cuts: list[int]) -> None:
 
 
 def test_a_line_that_never_ends_is_refused_at_the_bound() -> None:
+    """The events completed before the overlong line still come out; the next chunk fails the stream."""
     decoder = SSEDecoder(max_event_bytes=1000)
-    decoder.feed(b"data: " + b"x" * 900)
+    assert decoder.feed(b"data: " + b"x" * 900) == []
+    (event,) = decoder.feed(b"\n\ndata: " + b"y" * 1100)  # one event completed, then a line past the bound
+    assert event.data == "x" * 900
     with pytest.raises(UpstreamError, match="line over 1000 bytes"):
-        decoder.feed(b"x" * 200)
+        decoder.feed(b"x")
+
+
+def test_empty_data_lines_count_against_the_bound() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    with pytest.raises(UpstreamError, match="event over 1000"):
+        decoder.feed(b"data:\n" * 2000)
 
 
 def test_an_event_that_never_ends_is_refused_at_the_bound() -> None:
     decoder = SSEDecoder(max_event_bytes=1000)
     for _ in range(9):
         assert decoder.feed(b"data: " + b"x" * 100 + b"\n") == []
-    with pytest.raises(UpstreamError, match="event over 1000 bytes"):
+    with pytest.raises(UpstreamError, match="event over 1000 characters"):
         decoder.feed(b"data: " + b"x" * 200 + b"\n")
 
 
