@@ -1,18 +1,24 @@
-"""tokenrelay's benchmark: the proxy against a direct connection to the same fake upstream, in one run.
+"""tokenrelay's benchmark: the proxy beside a direct connection and beside the Python floor, in one run.
 
-    python -m bench.run [--client aiohttp|httpx|httpx-aiohttp] [--quick]
+    python -m bench.run [--quick | --full] [--json FILE]
 
-Starts the fake OpenAI-compatible upstream (bench/fake_upstream.py) and the proxy under uvicorn (uvloop + httptools,
-one worker) as processes of their own, pinned apart when there are two cores (proxy on CPU 0, upstream and load
-client on CPU 1), then measures, direct and through the proxy, interleaved:
+Starts, as processes of their own, the fake OpenAI-compatible upstream (bench/fake_upstream.py, 16 events per TCP
+write at full speed), the minimal relay (bench/minimal_relay.py, the floor) and tokenrelay as shipped (`tokenrelay
+serve`: one worker, one API key, all three limits evaluated and never refusing), once with the in-process backend
+and once with a real redis-server. With two cores the relays run on CPU 0, upstream and load generator on CPU 1.
+Targets, measured interleaved round by round:
 
-  (a) time to first token, p50 and p99, at concurrency 1 and 32 (64 tokens 5 ms apart, first token at 20 ms);
-  (b) relayed tokens per second at concurrency 64 (1024 tokens, no delay);
-  (c) the proxy's CPU time per relayed token (during b);
-  (d) 1,000 concurrent streams of one token per 500 ms: first-token p99 and the proxy's memory per open stream.
+  direct        the upstream itself: the physical limit
+  floor         the minimal relay on /v1/chat/completions
+  v1            tokenrelay /v1/chat/completions, memory backend
+  chat          tokenrelay /chat/stream, memory backend
+  v1-redis      tokenrelay /v1/chat/completions, Redis backend
 
-The load client speaks raw HTTP/1.1 over asyncio streams, one connection per request, so its own cost is small and
-the same on both paths.
+Scenarios: TTFT at c=1 and c=32 (64 tokens 5 ms apart, first at 20 ms); burst throughput (c=64, 1,024 tokens, no
+delay) with CPU per token; paced streams (64 tokens 20 ms apart: CPU per token at c=100, and the highest
+concurrency where no stream stalls over 200 ms); open slow streams (1,000, or 5,000 with --full: no error, TTFT
+p99, memory per stream). Ratios are medians of per-round ratios. Each goal of the performance issue is printed
+PASS or FAIL, and the exit status is 1 when one fails: a benchmark that cannot fail measures nothing.
 """
 
 from __future__ import annotations
@@ -23,128 +29,213 @@ import contextlib
 import json
 import os
 import resource
+import secrets
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvloop
 
+from bench.loadgen import Outcome, Target, one_stream, run_concurrent
+from tests.support.redis_server import RedisServer  # the same redis-server the tests use
+
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_TOKEN = b" t0"
+TTFT = ("gen?n=64&gap_ms=5&first_ms=20", 64)
+BURST = ("gen?n=1024", 1024)
+PACED = ("gen?n=64&gap_ms=20", 64)
+SLOW = ("gen?n=10&gap_ms=500", 10)
+MODELS = (TTFT[0], BURST[0], PACED[0], SLOW[0])
+TOKENRELAYS = ("v1", "chat", "v1-redis")
+_OPENAI_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"}],"stream":true}'
+_CHAT_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"}]}'
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    host: str
-    port: int
-    path: str
-    end_marker: bytes
+@dataclass
+class Figures:
+    values: dict[str, float] = field(default_factory=dict)
+    verdicts: list[tuple[bool, str]] = field(default_factory=list)
 
-    def request(self, model: str) -> bytes:
-        if self.name == "direct":
-            body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        else:
-            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-        payload = json.dumps(body).encode()
-        head = (
-            f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n"
-        )
-        return head.encode() + payload
-
-
-@dataclass(frozen=True)
-class StreamTiming:
-    first_token: float
-    total: float
-
-
-async def one_stream(target: Target, model: str, on_first: Callable[[], None] | None = None) -> StreamTiming:
-    started = time.perf_counter()
-    reader, writer = await asyncio.open_connection(target.host, target.port)
-    try:
-        writer.write(target.request(model))
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"{target.name}: {head.splitlines()[0]!r}")
-        first = 0.0
-        tail = b""
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise RuntimeError(f"{target.name}: the stream ended without {target.end_marker!r}")
-            window = tail + chunk
-            if not first and FIRST_TOKEN in window:
-                first = time.perf_counter() - started
-                if on_first is not None:
-                    on_first()
-            if target.end_marker in window:
-                return StreamTiming(first, time.perf_counter() - started)
-            tail = window[-32:]
-    finally:
-        writer.close()
-
-
-async def run_concurrent(target: Target, model: str, concurrency: int, per_worker: int) -> list[StreamTiming]:
-    results: list[StreamTiming] = []
-
-    async def worker() -> None:
-        for _ in range(per_worker):
-            results.append(await one_stream(target, model))
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results
-
-
-async def many_streams(target: Target, proxy_pid: int, count: int) -> tuple[list[float], int]:
-    """Open `count` streams 2 ms apart; return their first-token times and the proxy's RSS growth with all open."""
-    all_open = asyncio.Event()
-    seen = 0
-
-    def first_seen() -> None:
-        nonlocal seen
-        seen += 1
-        if seen == count:
-            all_open.set()
-
-    async def launch(index: int) -> StreamTiming:
-        await asyncio.sleep(index * 0.002)
-        return await one_stream(target, MANY_MODEL, first_seen)
-
-    rss_before = rss_bytes(proxy_pid)
-    tasks = [asyncio.ensure_future(launch(i)) for i in range(count)]
-    await asyncio.wait_for(all_open.wait(), 60)
-    rss_open = rss_bytes(proxy_pid)
-    timings = await asyncio.gather(*tasks)
-    return [t.first_token for t in timings], rss_open - rss_before
+    def goal(self, ok: bool, text: str) -> None:
+        self.verdicts.append((ok, text))
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int | None) -> int:
+    if pid is None:
+        return 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
 
 
+def failures(outcomes: list[Outcome]) -> list[str]:
+    return [o.error for o in outcomes if not o.ok]
+
+
+async def ttft(targets: list[Target], c: int, per_worker: int, rounds: int, out: Figures) -> None:
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            outcomes = await run_concurrent(target, TTFT[0], TTFT[1], c, per_worker)
+            if bad := failures(outcomes):
+                raise RuntimeError(f"{target.name}: {bad[0]}")
+            samples[target.name] += [o.first_token for o in outcomes]
+    direct = samples["direct"]
+    for name, values in samples.items():
+        for q in (0.5, 0.99):
+            key = f"ttft_c{c}_{name}_p{round(q * 100)}_ms"
+            out.values[key] = percentile(values, q) * 1000
+            out.values[f"ttft_c{c}_{name}_p{round(q * 100)}_overhead_ms"] = (
+                percentile(values, q) - percentile(direct, q)
+            ) * 1000
+
+
+async def burst(targets: list[Target], rounds: int, out: Figures) -> None:
+    rates: dict[str, list[float]] = {t.name: [] for t in targets}
+    cpu: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            before, began = cpu_seconds(target.pid), time.perf_counter()
+            outcomes = await run_concurrent(target, BURST[0], BURST[1], 64, 1)
+            elapsed = time.perf_counter() - began
+            tokens = BURST[1] * sum(o.ok for o in outcomes)
+            if bad := failures(outcomes):
+                raise RuntimeError(f"{target.name}: {bad[0]}")
+            rates[target.name].append(tokens / elapsed)
+            cpu[target.name].append((cpu_seconds(target.pid) - before) / tokens)
+    _ratios(out, "burst", rates, cpu)
+
+
+async def paced(targets: list[Target], rounds: int, levels: tuple[int, ...], out: Figures) -> None:
+    cpu: dict[str, list[float]] = {t.name: [] for t in targets}
+    rates: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            before, began = cpu_seconds(target.pid), time.perf_counter()
+            outcomes = await run_concurrent(target, PACED[0], PACED[1], 100, 1)
+            tokens = PACED[1] * sum(o.ok for o in outcomes)
+            rates[target.name].append(tokens / (time.perf_counter() - began))
+            cpu[target.name].append((cpu_seconds(target.pid) - before) / max(1, tokens))
+    _ratios(out, "paced", rates, cpu)
+    # The highest concurrency at which no stream stalls (a gap over 200 ms, or an error).
+    for target in targets:
+        best = 0
+        for level in levels:
+            outcomes = await run_concurrent(target, PACED[0], PACED[1], level, 1)
+            if failures(outcomes) or max(o.longest_gap for o in outcomes) > 0.2:
+                break
+            best = level
+        out.values[f"paced_{target.name}_no_stall_concurrency"] = best
+
+
+def _ratios(out: Figures, scenario: str, rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    for name, rate in rates.items():
+        out.values[f"{scenario}_{name}_tok_s"] = statistics.median(rate)
+        out.values[f"{scenario}_{name}_cpu_us_per_token"] = statistics.median(cpu[name]) * 1e6
+        for base in ("direct", "floor"):
+            per_round = [a / b for a, b in zip(rate, rates[base], strict=True)]
+            out.values[f"{scenario}_{name}_to_{base}"] = statistics.median(per_round)
+        if name != "direct":
+            per_round = [a / b for a, b in zip(cpu[name], cpu["floor"], strict=True)]
+            out.values[f"{scenario}_{name}_cpu_to_floor"] = statistics.median(per_round)
+
+
+async def open_streams(target: Target, count: int, out: Figures) -> None:
+    """`count` slow streams (4.5 s each) opened over two seconds, so that all are open at once at 3 s."""
+
+    async def launch(index: int) -> Outcome:
+        await asyncio.sleep(index * 2.0 / count)
+        return await one_stream(target, SLOW[0], SLOW[1])
+
+    rss_before = rss_bytes(target.pid)
+    tasks = [asyncio.ensure_future(launch(i)) for i in range(count)]
+    await asyncio.sleep(3.0)
+    rss_open = rss_bytes(target.pid)
+    outcomes = await asyncio.gather(*tasks)
+    name = f"open{count}_{target.name}"
+    out.values[f"{name}_errors"] = len(failures(outcomes))
+    out.values[f"{name}_ttft_p99_ms"] = percentile([o.first_token for o in outcomes if o.ok], 0.99) * 1000
+    if target.pid is not None:
+        out.values[f"{name}_kib_per_stream"] = (rss_open - rss_before) / count / 1024
+
+
+def judge(out: Figures, open_count: int) -> None:
+    v = out.values
+    for name in TOKENRELAYS:
+        for scenario in ("burst",):
+            to_direct, to_floor = v[f"{scenario}_{name}_to_direct"], v[f"{scenario}_{name}_to_floor"]
+            out.goal(to_direct >= 0.8, f"{name}: {scenario} tokens/s {to_direct:.2f} x direct (>= 0.8)")
+            out.goal(to_floor >= 0.95, f"{name}: {scenario} tokens/s {to_floor:.2f} x floor (>= 0.95)")
+            cpu = v[f"{scenario}_{name}_cpu_to_floor"]
+            out.goal(cpu <= 1.3, f"{name}: {scenario} CPU per token {cpu:.2f} x floor (<= 1.3)")
+        cpu = v[f"paced_{name}_cpu_to_floor"]
+        out.goal(cpu <= 1.3, f"{name}: paced CPU per token {cpu:.2f} x floor (<= 1.3)")
+        level, floor_level = v[f"paced_{name}_no_stall_concurrency"], v["paced_floor_no_stall_concurrency"]
+        out.goal(level >= floor_level, f"{name}: no stall up to c={level:.0f}, floor c={floor_level:.0f}")
+        c1 = v[f"ttft_c1_{name}_p50_overhead_ms"] - v["ttft_c1_floor_p50_overhead_ms"]
+        out.goal(c1 <= 0.3, f"{name}: TTFT p50 overhead at c=1 {c1:+.2f} ms beyond the floor's (<= 0.3)")
+        c32 = v[f"ttft_c32_{name}_p99_overhead_ms"]
+        out.goal(c32 <= 5, f"{name}: TTFT p99 overhead at c=32 {c32:+.2f} ms (<= 5)")
+    for name in ("v1", "v1-redis"):
+        key = f"open{open_count}_{name}"
+        errors, p99 = v[f"{key}_errors"], v[f"{key}_ttft_p99_ms"]
+        out.goal(
+            errors == 0 and p99 < 1000, f"{name}: {open_count} open streams, {errors:.0f} errors, TTFT p99 {p99:.0f} ms"
+        )
+        kib = v[f"{key}_kib_per_stream"]
+        out.goal(kib <= 20, f"{name}: {kib:.1f} KiB per open stream (<= 20)")
+
+
+def report(out: Figures, open_count: int) -> str:
+    v = out.values
+    names = ("direct", "floor", *TOKENRELAYS)
+    lines = ["tokenrelay bench: ratios are to direct and to the floor (the minimal relay), medians of rounds"]
+    header = f"{'':32}" + "".join(f"{n:>12}" for n in names)
+    lines.append(header)
+
+    def row(label: str, key: str, fmt: str) -> None:
+        cells = "".join(f"{format(v[key.format(n)], fmt):>12}" if key.format(n) in v else f"{'-':>12}" for n in names)
+        lines.append(f"{label:32}{cells}")
+
+    row("TTFT c=1 p50 overhead ms", "ttft_c1_{}_p50_overhead_ms", "+.2f")
+    row("TTFT c=32 p50 overhead ms", "ttft_c32_{}_p50_overhead_ms", "+.2f")
+    row("TTFT c=32 p99 overhead ms", "ttft_c32_{}_p99_overhead_ms", "+.2f")
+    row("burst tokens/s", "burst_{}_tok_s", ",.0f")
+    row("burst x direct", "burst_{}_to_direct", ".2f")
+    row("burst x floor", "burst_{}_to_floor", ".2f")
+    row("burst CPU us/token", "burst_{}_cpu_us_per_token", ".2f")
+    row("paced CPU us/token (c=100)", "paced_{}_cpu_us_per_token", ".2f")
+    row("paced no-stall concurrency", "paced_{}_no_stall_concurrency", ".0f")
+    row(f"{open_count} open: errors", f"open{open_count}_{{}}_errors", ".0f")
+    row(f"{open_count} open: TTFT p99 ms", f"open{open_count}_{{}}_ttft_p99_ms", ".1f")
+    row(f"{open_count} open: KiB/stream", f"open{open_count}_{{}}_kib_per_stream", ".1f")
+    lines.append("")
+    lines += [f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in out.verdicts]
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], cpu: int | None) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+def process(args: list[str], env: dict[str, str], cpu: int | None) -> Iterator[subprocess.Popen[bytes]]:
+    # Output to /dev/null: a pipe nobody reads would fill and stall the process's logging.
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         if cpu is not None:
             os.sched_setaffinity(proc.pid, {cpu})
@@ -152,16 +243,22 @@ def process(args: list[str], env: dict[str, str], cpu: int | None) -> Iterator[s
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
 
 
-async def wait_until_serving(host: str, port: int) -> None:
-    deadline = time.monotonic() + 20
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until_serving(port: int) -> None:
+    deadline = time.monotonic() + 30
     while True:
         try:
-            _, writer = await asyncio.open_connection(host, port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -171,145 +268,103 @@ async def wait_until_serving(host: str, port: int) -> None:
             return
 
 
-def proxy_config(upstream_port: int, client: str, models: list[str]) -> str:
-    model_lines = "".join(f'  "{m}": {{provider: fake, model: "{m}"}}\n' for m in models)
+def tokenrelay_config(upstream_port: int, redis_url: str, prefix: str) -> str:
+    models = "".join(f'  "{m}": {{provider: fake, model: "{m}"}}\n' for m in MODELS)
     return (
+        "server: {drain_seconds: 1}\n"
+        "auth:\n  keys:\n    - id: bench\n      key: ${BENCH_KEY}\n"
         "providers:\n  fake:\n    type: openai\n"
         f"    base_url: http://127.0.0.1:{upstream_port}/v1\n"
-        f"    http_client: {client}\n"
         "    timeouts: {connect: 5, first_byte: 30, read: 30, pool: 30}\n"
-        # Limits on (so admission is measured) but high enough never to refuse the load generator.
-        "limits: {requests_per_minute: 10000000, concurrent_streams: 100000}\n"
-        f'default_model: "{models[0]}"\nmodels:\n{model_lines}'
+        # Every limit evaluated, none ever refusing the load generator.
+        "limits: {requests_per_minute: 100000000, concurrent_streams: 1000000, tokens_per_minute: 1000000000000}\n"
+        f"state: {{redis_url: '{redis_url}', key_prefix: '{prefix}'}}\n"
+        f'default_model: "{MODELS[0]}"\nmodels:\n{models}'
     )
 
 
-TTFT_MODEL = "gen?n=64&gap_ms=5&first_ms=20"
-THROUGHPUT_MODEL = "gen?n=1024"
-MANY_MODEL = "gen?n=10&gap_ms=500"  # a token at once, then one per 500 ms: 5 s per stream
-
-
-async def measure(direct: Target, proxy: Target, proxy_pid: int, quick: bool) -> dict[str, float]:
-    out: dict[str, float] = {}
-    sequential = 15 if quick else 40
-    rounds = 1 if quick else 2
-
-    # warm up both paths (connection pools, imports, JIT-free but cache-warm)
-    for target in (direct, proxy):
-        await run_concurrent(target, TTFT_MODEL, 4, 2)
-
-    # (a) TTFT, interleaved per round
-    for concurrency, per_worker in ((1, sequential), (32, 3 if quick else 12)):
-        samples: dict[str, list[float]] = {"direct": [], "proxy": []}
-        for _ in range(rounds):
-            for target in (direct, proxy):
-                timings = await run_concurrent(target, TTFT_MODEL, concurrency, per_worker)
-                samples[target.name] += [t.first_token for t in timings]
-        for name, values in samples.items():
-            out[f"ttft_c{concurrency}_{name}_p50_ms"] = percentile(values, 0.5) * 1000
-            out[f"ttft_c{concurrency}_{name}_p99_ms"] = percentile(values, 0.99) * 1000
-        for q in ("p50", "p99"):
-            out[f"ttft_c{concurrency}_overhead_{q}_ms"] = (
-                out[f"ttft_c{concurrency}_proxy_{q}_ms"] - out[f"ttft_c{concurrency}_direct_{q}_ms"]
-            )
-
-    # (b) throughput and (c) CPU per token
-    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
-    cpu_per_token: list[float] = []
-    for _ in range(rounds + 1):
-        for target in (direct, proxy):
-            cpu_before = cpu_seconds(proxy_pid)
-            began = time.perf_counter()
-            timings = await run_concurrent(target, THROUGHPUT_MODEL, 64, 1)
-            elapsed = time.perf_counter() - began
-            tokens = 1024 * len(timings)
-            rates[target.name].append(tokens / elapsed)
-            if target is proxy:
-                cpu_per_token.append((cpu_seconds(proxy_pid) - cpu_before) / tokens)
-    out["throughput_direct_tok_s"] = statistics.median(rates["direct"])
-    out["throughput_proxy_tok_s"] = statistics.median(rates["proxy"])
-    out["throughput_ratio"] = out["throughput_proxy_tok_s"] / out["throughput_direct_tok_s"]
-    out["cpu_us_per_token"] = statistics.median(cpu_per_token) * 1e6
-
-    # (d) 1,000 concurrent slow streams, opened over two seconds so that all are open at once
-    streams = 300 if quick else 1000
-    for target in (direct, proxy):
-        firsts, rss_delta = await many_streams(target, proxy_pid, streams)
-        out[f"many_{target.name}_ttft_p50_ms"] = percentile(firsts, 0.5) * 1000
-        out[f"many_{target.name}_ttft_p99_ms"] = percentile(firsts, 0.99) * 1000
-        if target is proxy:
-            out["many_streams"] = streams
-            out["many_proxy_kib_per_stream"] = rss_delta / streams / 1024
+async def measure(targets: list[Target], quick: bool, open_count: int) -> Figures:
+    out = Figures()
+    rounds = 2 if quick else 3
+    for target in targets:  # warm up every path: pools, imports, caches
+        await run_concurrent(target, TTFT[0], TTFT[1], 8, 2)
+    await ttft(targets, 1, 10 if quick else 25, rounds, out)
+    await ttft(targets, 32, 2 if quick else 4, rounds, out)
+    await burst(targets, rounds, out)
+    levels = (250, 500, 1000) if quick else (250, 500, 1000, 1500, 2000, 3000)
+    await paced(targets, rounds, levels, out)
+    by_name = {t.name: t for t in targets}
+    for name in ("direct", "floor", "v1", "v1-redis"):
+        await open_streams(by_name[name], open_count, out)
+    judge(out, open_count)
     return out
-
-
-def report(client: str, figures: dict[str, float]) -> str:
-    f = figures
-    lines = [
-        f"tokenrelay bench (upstream client: {client}; ratios are proxy / direct in the same run)",
-        "(a) time to first token, 64 tokens 5 ms apart, first at 20 ms:",
-        f"    c=1   direct p50 {f['ttft_c1_direct_p50_ms']:.2f} ms p99 {f['ttft_c1_direct_p99_ms']:.2f} ms | "
-        f"proxy p50 {f['ttft_c1_proxy_p50_ms']:.2f} ms p99 {f['ttft_c1_proxy_p99_ms']:.2f} ms | "
-        f"overhead p50 {f['ttft_c1_overhead_p50_ms']:+.2f} ms (target <= 1.0), p99 {f['ttft_c1_overhead_p99_ms']:+.2f}",
-        f"    c=32  direct p50 {f['ttft_c32_direct_p50_ms']:.2f} ms p99 {f['ttft_c32_direct_p99_ms']:.2f} ms | "
-        f"proxy p50 {f['ttft_c32_proxy_p50_ms']:.2f} ms p99 {f['ttft_c32_proxy_p99_ms']:.2f} ms | "
-        f"overhead p50 {f['ttft_c32_overhead_p50_ms']:+.2f} ms, p99 {f['ttft_c32_overhead_p99_ms']:+.2f} ms "
-        "(target <= 10)",
-        f"(b) throughput at c=64, 1024 tokens: direct {f['throughput_direct_tok_s']:,.0f} tok/s, "
-        f"proxy {f['throughput_proxy_tok_s']:,.0f} tok/s, ratio {f['throughput_ratio']:.2f} (target >= 0.6)",
-        f"(c) proxy CPU per relayed token: {f['cpu_us_per_token']:.2f} us",
-        f"(d) {f['many_streams']:.0f} concurrent streams, one token per 500 ms: first token p99 direct "
-        f"{f['many_direct_ttft_p99_ms']:.1f} ms, proxy {f['many_proxy_ttft_p99_ms']:.1f} ms (target <= 150); "
-        f"proxy memory {f['many_proxy_kib_per_stream']:.1f} KiB per open stream (target <= 40)",
-    ]
-    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--client", default="httptools", choices=["httptools", "aiohttp", "httpx", "httpx-aiohttp"])
-    parser.add_argument("--quick", action="store_true", help="fewer samples and 300 slow streams")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer rounds and levels")
+    size.add_argument("--full", action="store_true", help="5,000 open streams instead of 1,000")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
+    open_count = 5000 if args.full else 1000
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     two_cores = (os.cpu_count() or 1) >= 2
-    if two_cores:
-        os.sched_setaffinity(0, {1})
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    upstream_cmd = [sys.executable, "-m", "bench.fake_upstream"]
-    with process(upstream_cmd, env, 1 if two_cores else None) as upstream:
-        assert upstream.stdout is not None
-        upstream_port = int(upstream.stdout.readline())
-        with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "bench.yaml"
-            config.write_text(proxy_config(upstream_port, args.client, [TTFT_MODEL, THROUGHPUT_MODEL, MANY_MODEL]))
-            proxy_port = 18_000 + os.getpid() % 1000
-            proxy_cmd = [
-                sys.executable, "-m", "uvicorn", "app.factory:create_app_from_environment", "--factory",
-                "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1", "--port", str(proxy_port),
-                "--no-access-log", "--log-level", "warning", "--backlog", "4096", "--no-proxy-headers",
-            ]  # fmt: skip
-            with process(proxy_cmd, {**env, "TOKENRELAY_CONFIG": str(config)}, 0 if two_cores else None) as proxy:
-                direct = Target("direct", "127.0.0.1", upstream_port, "/v1/chat/completions", b"[DONE]")
-                via = Target("proxy", "127.0.0.1", proxy_port, "/chat/stream", b"event: done")
+    relay_cpu, own_cpu = (0, 1) if two_cores else (None, None)
+    if own_cpu is not None:
+        os.sched_setaffinity(0, {own_cpu})
+    key = secrets.token_urlsafe(24)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_KEY": key}
+    auth = f"authorization: Bearer {key}\r\n"
+    redis = RedisServer().start()
+    upstream_port, floor_port, memory_port, redis_port = (free_port() for _ in range(4))
+    tokenrelay = str(Path(sys.executable).parent / "tokenrelay")
+    uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    try:
+        with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+            stack.enter_context(
+                process([sys.executable, "-m", "bench.fake_upstream", "--port", str(upstream_port)], env, own_cpu)
+            )
+            floor_env = {**env, "UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}/v1/chat/completions"}
+            floor_cmd = [
+                *uvicorn,
+                "--port",
+                str(floor_port),
+                "--log-level",
+                "warning",
+                "--backlog",
+                "4096",
+                "bench.minimal_relay:app",
+            ]
+            floor = stack.enter_context(process(floor_cmd, floor_env, relay_cpu))
+            pids: dict[str, int] = {"floor": floor.pid}
+            for name, port, url in (("memory", memory_port, ""), ("redis", redis_port, redis.url)):
+                config = Path(tmp) / f"{name}.yaml"
+                config.write_text(tokenrelay_config(upstream_port, url, f"bench-{secrets.token_hex(4)}:"))
+                cmd = [tokenrelay, "serve", "--config", str(config), "--port", str(port)]
+                pids[name] = stack.enter_context(process(cmd, env, relay_cpu)).pid
+            targets = [
+                Target("direct", upstream_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]"),
+                Target("floor", floor_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", pid=pids["floor"]),
+                Target("v1", memory_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", auth, pids["memory"]),
+                Target("chat", memory_port, "/chat/stream", _CHAT_BODY, b"event: done", auth, pids["memory"]),
+                Target("v1-redis", redis_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", auth, pids["redis"]),
+            ]
 
-                async def bench() -> dict[str, float]:
-                    await wait_until_serving("127.0.0.1", proxy_port)
-                    return await measure(direct, via, proxy.pid, args.quick)
+            async def bench() -> Figures:
+                for port in (upstream_port, floor_port, memory_port, redis_port):
+                    await wait_until_serving(port)
+                return await measure(targets, args.quick, open_count)
 
-                figures = _run(bench)
-    print(report(args.client, figures))
+            figures = uvloop.run(bench())
+    finally:
+        redis.stop()
+    print(report(figures, open_count))
     if args.json:
-        args.json.write_text(json.dumps({"client": args.client, **figures}, indent=2))
-
-
-def _run(bench: Callable[[], Awaitable[dict[str, float]]]) -> dict[str, float]:
-    async def wrapped() -> dict[str, float]:
-        return await bench()
-
-    return uvloop.run(wrapped())
+        args.json.write_text(json.dumps({**figures.values, "verdicts": figures.verdicts}, indent=2))
+    sys.exit(0 if all(ok for ok, _ in figures.verdicts) else 1)
 
 
 if __name__ == "__main__":
