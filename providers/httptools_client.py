@@ -152,8 +152,12 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_result(None)
 
     def send(self, request: bytes) -> None:
-        self._reset()
         assert self.transport is not None  # noqa: S101 - set by connection_made before the pool hands it out
+        if self._paused:
+            # The last response filled the buffer and then ended: reading stayed paused, and the next response
+            # would never be read (the request would time out waiting for headers).
+            self.transport.resume_reading()
+        self._reset()
         self.transport.write(request)
 
     async def wait_headers(self, seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -185,3 +186,25 @@ async def test_idle_connections_expire_after_the_keep_alive_time() -> None:
     finally:
         await http.aclose()
         server.close()
+
+
+async def test_a_connection_whose_last_response_filled_the_buffer_serves_the_next_one(
+    client: HttptoolsClient,
+) -> None:
+    """Regression: a response over the pause threshold that had fully arrived left reading paused, and the next
+    request on that kept-alive connection timed out waiting for headers (seen after a fast /v1 burst)."""
+    big = b"x" * 300_000
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big))
+                await writer.drain()
+
+    server, url = await serve(keep_alive)
+    for _ in range(3):
+        async with client.post(url, headers={}, body=BODY, timeouts=TIMEOUTS) as response:
+            await asyncio.sleep(0.1)  # the whole body arrives, past the pause threshold, before it is read
+            assert len(b"".join([chunk async for chunk in response.chunks()])) == len(big)
+    assert client.open_connections == 1
+    server.close()
