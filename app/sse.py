@@ -12,14 +12,15 @@ from __future__ import annotations
 import re
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
 
 
-def encode_data(data: str) -> bytes:
-    """A data-only event of any text (the `/v1` pass-through of an upstream's event): one `data:` line per line
-    of `data`, so a line break inside it can never end the event early or smuggle in a field."""
-    if "\n" in data or "\r" in data:
-        return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data)).encode() + b"\n"
-    return b"data: " + data.encode() + b"\n\n"
+def encode_data(data: bytes) -> bytes:
+    """A data-only event of any text (the `/v1` pass-through of an upstream's event, as its bytes): one `data:`
+    line per line of `data`, so a line break inside it can never end the event early or smuggle in a field."""
+    if b"\n" in data or b"\r" in data:
+        return b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK_BYTES.split(data)) + b"\n"
+    return b"data: " + data + b"\n\n"
 
 
 def encode_json_data(data: bytes) -> bytes:

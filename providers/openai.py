@@ -139,22 +139,9 @@ async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGe
     decoder = SSEDecoder()
     finished = False
     async for raw in response.chunks():
-        pending: list[Delta] = []
-        failure: UpstreamError | None = None
-        done = False
-        for event in decoder.feed(raw):
-            if event.data == "[DONE]":
-                done = True
-                break
-            try:
-                deltas = _event_deltas(event, errors)
-            except UpstreamError as error:
-                failure = error  # relay what came before it first
-                break
-            for delta in deltas:
-                finished = finished or delta.finish_reason is not None
-                _append_merged(pending, delta)
+        pending, failure, done = _read(decoder.feed(raw), errors)
         for delta in pending:
+            finished = finished or delta.finish_reason is not None
             yield delta
         if failure is not None:
             raise failure
@@ -166,20 +153,75 @@ async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGe
         raise UpstreamError("the upstream ended the stream without a finish reason or [DONE]")
 
 
-def _event_deltas(event: ServerSentEvent, errors: UpstreamErrors) -> list[Delta]:
+def _read(events: list[ServerSentEvent], errors: UpstreamErrors) -> tuple[list[Delta], UpstreamError | None, bool]:
+    """The deltas of one read; the failure that ended it, after what came before it; whether `[DONE]` came.
+
+    Tokens read together leave as one delta: a run of text-only (or reasoning-only) chunks is collected and
+    joined once, when something else comes or the read ends (never rebuilt per event)."""
+    pending: list[Delta] = []
+    run: list[Delta] = []
+    for event in events:
+        if event.payload == b"[DONE]":
+            return _flushed(pending, run), None, True
+        try:
+            delta = _event_delta(event, errors)
+        except UpstreamError as error:
+            return _flushed(pending, run), error, False
+        kind = _kind(delta)
+        if run and kind == _kind(run[0]):
+            run.append(delta)
+            continue
+        _flushed(pending, run)
+        run = [delta] if kind != _OTHER else []
+        if kind == _OTHER:
+            pending.append(delta)
+    return _flushed(pending, run), None, False
+
+
+def _flushed(pending: list[Delta], run: list[Delta]) -> list[Delta]:
+    if run:
+        pending.append(_merged(run))
+    return pending
+
+
+_TEXT, _REASONING, _OTHER = 1, 2, 0
+
+
+def _kind(d: Delta) -> int:
+    if d.tool_calls or d.finish_reason is not None or d.usage is not None or (d.text and d.reasoning):
+        return _OTHER
+    if d.text:
+        return _TEXT
+    return _REASONING if d.reasoning else _OTHER
+
+
+def _merged(run: list[Delta]) -> Delta:
+    if len(run) == 1:
+        return run[0]
+    raw = tuple(d.raw[0] for d in run)
+    if run[0].text:
+        return Delta(text="".join(d.text for d in run), raw=raw)
+    return Delta(reasoning="".join(d.reasoning for d in run), raw=raw)
+
+
+def _event_delta(event: ServerSentEvent, errors: UpstreamErrors) -> Delta:
     if event.event == "error":
         raise errors.reported(event.data)
-    return [_chunk_delta(event.data, errors)]
+    return _chunk_delta(event.payload, errors)
 
 
-def _chunk_delta(data: str, errors: UpstreamErrors) -> Delta:
-    """One chunk as one delta, carrying the chunk's own text for lossless pass-through."""
+def _chunk_delta(data: bytes, errors: UpstreamErrors) -> Delta:
+    """One chunk as one delta, carrying the chunk's own bytes for lossless pass-through."""
     try:
         chunk = _decode_chunk(data)
     except msgspec.DecodeError as exc:
-        raise UpstreamError(f"the upstream sent a malformed chunk: {exc}") from None
+        # Invalid UTF-8 is read as U+FFFD, as a text decoder would; anything else is a broken chunk.
+        repaired = data.decode("utf-8", errors="replace").encode()
+        if repaired == data:
+            raise UpstreamError(f"the upstream sent a malformed chunk: {exc}") from None
+        return _chunk_delta(repaired, errors)
     if chunk.error is not None:
-        raise errors.reported(data)
+        raise errors.reported(data.decode("utf-8", errors="replace"))
     text = reasoning = ""
     tool_calls: tuple[ToolCallDelta, ...] = ()
     finish_reason: str | None = None
@@ -190,7 +232,8 @@ def _chunk_delta(data: str, errors: UpstreamErrors) -> Delta:
         if body is not None:
             reasoning = body.reasoning_content or body.reasoning or ""
             text = body.content or ""
-            tool_calls = tuple(_tool_call(c) for c in body.tool_calls or ())
+            if body.tool_calls:
+                tool_calls = tuple(_tool_call(c) for c in body.tool_calls)
         finish_reason = choice.finish_reason
     usage = None if chunk.usage is None else TokenUsage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
     return Delta(text, reasoning, tool_calls, finish_reason, usage, (data,))
@@ -199,23 +242,3 @@ def _chunk_delta(data: str, errors: UpstreamErrors) -> Delta:
 def _tool_call(call: _ToolCall) -> ToolCallDelta:
     function = call.function or _Function()
     return ToolCallDelta(index=call.index, id=call.id, name=function.name, arguments=function.arguments or "")
-
-
-def _append_merged(pending: list[Delta], delta: Delta) -> None:
-    if pending:
-        last = pending[-1]
-        if delta.text and last.text and _only_text(last) and _only_text(delta):
-            pending[-1] = Delta(text=last.text + delta.text, raw=last.raw + delta.raw)
-            return
-        if delta.reasoning and last.reasoning and _only_reasoning(last) and _only_reasoning(delta):
-            pending[-1] = Delta(reasoning=last.reasoning + delta.reasoning, raw=last.raw + delta.raw)
-            return
-    pending.append(delta)
-
-
-def _only_text(d: Delta) -> bool:
-    return not (d.reasoning or d.tool_calls or d.finish_reason or d.usage)
-
-
-def _only_reasoning(d: Delta) -> bool:
-    return not (d.text or d.tool_calls or d.finish_reason or d.usage)

@@ -68,7 +68,7 @@ def test_an_upstream_event_of_several_data_lines_passes_through_as_several_lines
     early and hand it invalid JSON."""
     data = '{"id":"c","object":"chat.completion.chunk",\n"choices":[{"index":0,"delta":{"content":"hi"}}]}'
     encoder = OpenAIChunkEncoder("s", "m", 1, include_usage=False)
-    stream = encoder.delta(Delta(text="hi", raw=(data,)))
+    stream = encoder.delta(Delta(text="hi", raw=(data.encode(),)))
     assert stream == b'data: {"id":"c","object":"chat.completion.chunk",\ndata: "choices":' + (
         b'[{"index":0,"delta":{"content":"hi"}}]}\n\n'
     )
@@ -89,7 +89,7 @@ def test_an_upstream_event_of_several_data_lines_passes_through_as_several_lines
     ],
 )
 def test_pass_through_data_bytes(data: str, expected: bytes) -> None:
-    assert encode_data(data) == expected
+    assert encode_data(data.encode()) == expected
 
 
 def test_comments_and_ping_are_ignored_by_parsers() -> None:
@@ -110,7 +110,7 @@ def test_no_stream_starts_with_a_bom_and_a_leading_u_feff_reaches_the_client() -
     streams = {
         "chat": chat.start(START) + chat.delta(Delta(text="\ufeffhi")),
         "openai": own.delta(Delta(text="\ufeffhi")),
-        "relay": relayed.delta(Delta(text="\ufeffhi", raw=("\ufeffhi",))),
+        "relay": relayed.delta(Delta(text="\ufeffhi", raw=("\ufeffhi".encode(),))),
     }
     for name, stream in streams.items():
         assert not stream.startswith(BOM), name
@@ -157,7 +157,7 @@ def test_random_text_round_trips_through_the_chat_stream_encoder(texts: list[str
 def test_random_text_round_trips_through_the_pass_through(texts: list[str], cuts: list[int]) -> None:
     """An upstream event's data, whatever it holds, reaches the client as the same data (line breaks as LF)."""
     encoder = OpenAIChunkEncoder("s", "m", 1, include_usage=False)
-    stream = b"".join(encoder.delta(Delta(text="x", raw=(t,))) for t in texts)
+    stream = b"".join(encoder.delta(Delta(text="x", raw=(t.encode(),))) for t in texts)
     result = _feed_cut(stream, cuts).result
     assert [e.data for e in result.events] == [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts]
     assert set(result.fields_seen) <= {"data"}

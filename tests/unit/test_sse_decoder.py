@@ -21,10 +21,10 @@ BODY = (
 ).encode()
 
 EXPECTED = [
-    ServerSentEvent("message_start", '{"a":1}'),
-    ServerSentEvent("message", "line1\nline2"),
-    ServerSentEvent("message", "caf\u00e9 \U0001f600 \u4e2d", "7"),
-    ServerSentEvent("message", "[DONE]", "7"),
+    ServerSentEvent("message_start", b'{"a":1}'),
+    ServerSentEvent("message", b"line1\nline2"),
+    ServerSentEvent("message", "caf\u00e9 \U0001f600 \u4e2d".encode(), "7"),
+    ServerSentEvent("message", b"[DONE]", "7"),
 ]
 
 
@@ -42,13 +42,13 @@ def test_byte_by_byte_splits_crlf_and_utf8() -> None:
 
 
 def test_crlf_split_across_chunks_is_one_line_break() -> None:
-    assert decode([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]) == [ServerSentEvent("message", "a\nb")]
+    assert decode([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]) == [ServerSentEvent("message", b"a\nb")]
 
 
 def test_utf8_character_split_across_chunks() -> None:
     emoji = "\U0001f600".encode()
     assert decode([b"data: " + emoji[:1], emoji[1:3], emoji[3:] + b"\n\n"]) == [
-        ServerSentEvent("message", "\U0001f600")
+        ServerSentEvent("message", "\U0001f600".encode())
     ]
 
 
@@ -79,7 +79,7 @@ def test_an_event_that_never_ends_is_refused_at_the_bound() -> None:
     decoder = SSEDecoder(max_event_bytes=1000)
     for _ in range(9):
         assert decoder.feed(b"data: " + b"x" * 100 + b"\n") == []
-    with pytest.raises(UpstreamError, match="event over 1000 characters"):
+    with pytest.raises(UpstreamError, match="event over 1000 bytes"):
         decoder.feed(b"data: " + b"x" * 200 + b"\n")
 
 
