@@ -73,6 +73,9 @@ class _Connection(asyncio.Protocol):
         self.pool_key = pool_key
         self._on_lost = on_lost
         self.expiry: asyncio.TimerHandle | None = None  # while idle in the pool
+        self._watchdog: asyncio.TimerHandle | None = None  # the read timeout, while a chunk is awaited
+        self._wait_started = 0.0
+        self._idle_limit = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -104,6 +107,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._on_lost(self)
         if self.complete:
             return
@@ -175,20 +181,31 @@ class _Connection(asyncio.Protocol):
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
-            timer = self._loop.call_later(idle_timeout, self._idle_timeout, self._waiter)
+            # One watchdog timer per connection, re-armed only when it fires, instead of a timer made and
+            # cancelled per chunk: at one token per read that was a heap push and pop per token.
+            self._wait_started = self._loop.time()
+            self._idle_limit = idle_timeout
+            if self._watchdog is None:
+                self._watchdog = self._loop.call_at(self._wait_started + idle_timeout, self._check_idle)
             try:
                 await self._waiter
             finally:
-                timer.cancel()
                 self._waiter = None
         chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
         return chunk
 
-    def _idle_timeout(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
+    def _check_idle(self) -> None:
+        self._watchdog = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self.closed:
+            return  # not waiting: the next wait arms it again
+        deadline = self._wait_started + self._idle_limit
+        if self._loop.time() >= deadline:
             waiter.set_exception(TimeoutError("no data from the upstream within the read timeout"))
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._check_idle)
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and not self._chunks

@@ -67,11 +67,12 @@ class MemoryBackend:
             if not decision.allowed:
                 return Verdict("requests_per_minute", 0, decision.reset_after)
             remaining, reset = decision.remaining, decision.reset_after
-        held: dict[str, float] = {}
-        if ask.streams:
-            held = {k: x for k, x in self._leases.get(key, {}).items() if x > now}
-            if len(held) >= ask.streams and lease not in held:
-                self._leases[key] = held
+        held = self._leases.get(key)
+        if ask.streams and held is not None and len(held) >= ask.streams and lease not in held:
+            # Only a principal at its limit pays for forgetting expired leases: admission stays O(1) otherwise.
+            for expired in [k for k, x in held.items() if x <= now]:
+                del held[expired]
+            if len(held) >= ask.streams:
                 return Verdict("concurrent_streams", 0, min(held.values()) - now)
         if ask.token_budget:
             token_tat, decision = _gcra(self._tokens.get(key, now), now, ask.tokens, ask.token_budget, ask.window)
@@ -80,8 +81,7 @@ class MemoryBackend:
         if ask.requests:
             self._requests[key] = request_tat
         if ask.streams:
-            held[lease] = now + ask.lease_ttl
-            self._leases[key] = held
+            self._leases.setdefault(key, {})[lease] = now + ask.lease_ttl
         if ask.token_budget:
             self._tokens[key] = token_tat
         return Verdict(None, remaining, reset)
