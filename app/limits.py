@@ -193,30 +193,25 @@ class Limiter:
     async def give_back(
         self, principal: str, lease: str | None, reserved: tuple[int, int], used_tokens: int, *, local: bool
     ) -> None:
-        # Giving back never fails a stream: a lease the store did not hear about expires by its TTL.
-        fallback = self._fallback
+        # Giving back never fails a stream: a lease the store did not hear about expires by its TTL, and a lost
+        # settlement only leaves the reservation standing until its window passes.
+        amount, budget = reserved
         if lease is not None:
             self._leases.discard((principal, lease))
-            await self._release(principal, lease)
-        amount, budget = reserved
-        if not amount:
-            return
-        if local:
-            if fallback is not None:
-                await fallback.settle(principal, amount, used_tokens, budget, WINDOW_SECONDS)
-            return
-        try:
-            await self._backend.settle(principal, amount, used_tokens, budget, WINDOW_SECONDS)
-        except BackendUnavailable as exc:
-            logger.warning("rate-limit store unavailable while settling tokens: %s", exc)
-
-    async def _release(self, principal: str, lease: str) -> None:
         if self._fallback is not None:
-            await self._fallback.release(principal, lease)
+            local_amount = amount if local else 0  # a reservation lives where it was made
+            await self._fallback.finish(
+                principal, lease, reserved=local_amount, actual=used_tokens, limit=budget, window=WINDOW_SECONDS
+            )
+        shared_amount = 0 if local else amount
+        if lease is None and not shared_amount:
+            return
         try:
-            await self._backend.release(principal, lease)
+            await self._backend.finish(
+                principal, lease, reserved=shared_amount, actual=used_tokens, limit=budget, window=WINDOW_SECONDS
+            )
         except BackendUnavailable as exc:
-            logger.warning("rate-limit store unavailable while releasing: %s", exc)
+            logger.warning("rate-limit store unavailable while giving back: %s", exc)
 
     async def _renew_leases(self) -> None:
         """The heartbeat, every ttl / 3. Supervised: no failure ends it; each is logged and it beats again."""

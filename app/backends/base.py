@@ -88,3 +88,9 @@ class Backend(Protocol):
     async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
         """Replace a reservation by what was really used."""
         ...
+
+    async def finish(
+        self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
+    ) -> None:
+        """The end of a stream in one round trip: `release` the lease (if any) and `settle` (if `reserved`)."""
+        ...

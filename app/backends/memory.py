@@ -97,6 +97,14 @@ class MemoryBackend:
         else:
             self._tokens.pop(key, None)
 
+    async def finish(
+        self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
+    ) -> None:
+        if lease is not None:
+            await self.release(key, lease)
+        if reserved:
+            await self.settle(key, reserved, actual, limit, window)
+
     async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         expiry = self._now() + ttl
         for key, lease in leases:

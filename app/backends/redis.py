@@ -201,6 +201,22 @@ class RedisBackend:
         args = [reserved, actual, limit, int(window * 1_000_000)]
         await self._run("settle", [self._key(key, "tok")], args)
 
+    async def finish(
+        self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
+    ) -> None:
+        pipe = self._client().pipeline(transaction=False)
+        if lease is not None:
+            pipe.zrem(self._key(key, "conc"), lease)
+        if reserved:
+            args = [reserved, actual, limit, int(window * 1_000_000)]
+            await self._scripts["settle"](keys=[self._key(key, "tok")], args=args, client=pipe)
+        if not pipe.command_stack:
+            return
+        try:
+            await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
     async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         by_key: dict[str, list[str]] = {}
         for key, lease in leases:

@@ -206,3 +206,13 @@ async def test_unreachable_redis_fails_fast() -> None:
         await store.hit("k", 1, 60)
     assert time.monotonic() - started < 2
     await store.aclose()
+
+
+async def test_finish_releases_the_lease_and_settles_in_one_call(store: Store) -> None:
+    backend = store.backend
+    ask = Ask(streams=1, tokens=900, token_budget=1000)
+    assert (await backend.admit("p", "s1", ask)).refused_by is None
+    assert (await backend.admit("p", "s2", ask)).refused_by == "concurrent_streams"
+    await backend.finish("p", "s1", reserved=900, actual=100, limit=1000, window=60)
+    # The lease is free, and the 800 tokens not used are back: 900 fit again.
+    assert (await backend.admit("p", "s2", ask)).refused_by is None
