@@ -143,6 +143,10 @@ class Limiter:
         local = False
         try:
             verdict = await self._backend.admit(principal, stream_id, ask)
+        except asyncio.CancelledError:
+            if ask.streams:  # the client left while the store decided: its yes may still come
+                self._orphans[(principal, stream_id)] = time.monotonic()
+            raise
         except BackendUnavailable as exc:
             if ask.streams and exc.maybe_done:
                 self._orphans[(principal, stream_id)] = time.monotonic()  # the lost answer may have been a yes

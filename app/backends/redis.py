@@ -20,10 +20,11 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.backends.base import Ask, BackendUnavailable, Decision, LimitName, Verdict
+from app.backends.coalesce import Coalescer
 
 _REFUSALS: tuple[LimitName | None, ...] = (None, "requests_per_minute", "concurrent_streams", "tokens_per_minute")
 
@@ -141,6 +142,7 @@ class RedisBackend:
         self._max_connections = max_connections
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._admissions: Coalescer[tuple[list[str], list[Any]], Any] = Coalescer(self._admit_batch)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -194,8 +196,30 @@ class RedisBackend:
             ask.tokens,
             ask.token_budget,
         ]
-        refused, remaining, reset_us = await self._run("admit", keys, args)
+        refused, remaining, reset_us = await self._admissions((keys, args))
         return Verdict(_REFUSALS[int(refused)], int(remaining), float(reset_us) / 1_000_000)
+
+    async def _admit_batch(self, batch: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One round trip for every admission of a loop turn. EVALSHA is sent by hand: a pipeline of Script
+        calls first asks SCRIPT EXISTS, a second round trip; a NOSCRIPT (a restarted Redis) loads it once."""
+        self._client()  # registers the scripts
+        script = self._scripts["admit"]
+        for attempt in range(2):
+            pipe = self._client().pipeline(transaction=False)
+            for keys, args in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except RedisError as exc:
+                raise _unavailable(exc) from exc
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                try:
+                    await self._client().script_load(script.script)
+                except RedisError as exc:
+                    raise _unavailable(exc) from exc
+                continue
+            break
+        return [_unavailable(r) if isinstance(r, RedisError) else r for r in results]
 
     async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
         args = [reserved, actual, limit, int(window * 1_000_000)]

@@ -1,0 +1,51 @@
+"""Calls made in the same event-loop turn, sent together: 32 admissions arriving at once are one Redis round trip
+(one pipeline), not 32 queued behind one another on the pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[T, R]):
+    """`await coalescer(item)` joins the batch of this loop turn; `run(items)` answers the whole batch, one result
+    or exception per item, in order (an exception it raises fails every item of the batch)."""
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R | BaseException]]]) -> None:
+        self._run = run
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)  # a reference, or the task could be collected mid-flight
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._run([item for item, _ in batch])
+        except Exception as exc:  # the whole batch failed: each caller gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # its caller left (cancelled)
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
