@@ -24,6 +24,7 @@ from app.settings import KeyLimitSettings, LimitSettings
 logger = logging.getLogger("tokenrelay.limits")
 
 WINDOW_SECONDS = 60.0
+ORPHAN_SETTLES_SECONDS = 2.0  # beyond any store time-out: an orphan this old has reached the store, or never will
 STREAM_SECONDS_WEIGHT = 0.1  # of each finished stream in the moving average of stream length
 _LABELS = {
     "requests_per_minute": "requests per minute",
@@ -147,7 +148,8 @@ class Limiter:
             raise
         except BackendUnavailable as exc:
             if ask.streams and exc.maybe_done:
-                self._orphans[(principal, stream_id)] = time.monotonic()  # the lost answer may have been a yes
+                # The lost answer may have been a yes; the command has reached the store: release it at once.
+                self._orphans[(principal, stream_id)] = time.monotonic() - ORPHAN_SETTLES_SECONDS
             verdict = await (await self._degraded(exc)).admit(principal, stream_id, ask)
             local = True
         if verdict.refused_by is not None:
@@ -255,8 +257,11 @@ class Limiter:
         # A stream that ended while the beat was in flight may have had its lease put back: take it out again.
         ended = set(held) - self._leases
         now = time.monotonic()
-        orphans = {lease for lease, at in self._orphans.items() if now - at < ttl and lease not in self._leases}
-        self._orphans.clear()
+        # An orphan younger than the store's time-out may still be on its way there: the next beat takes it.
+        settled = {lease: at for lease, at in self._orphans.items() if now - at >= ORPHAN_SETTLES_SECONDS}
+        orphans = {lease for lease, at in settled.items() if now - at < ttl and lease not in self._leases}
+        for lease in settled:
+            del self._orphans[lease]
         if ended or orphans:
             try:
                 await self._backend.release_all(ended | orphans)

@@ -163,6 +163,9 @@ class _Connection(asyncio.Protocol):
             # The last response filled the buffer and then ended: reading stayed paused, and the next response
             # would never be read (the request would time out waiting for headers).
             self.transport.resume_reading()
+        if self._watchdog is not None:  # the last response's, which may be later than this one's read timeout
+            self._watchdog.cancel()
+            self._watchdog = None
         self._reset()
         self.transport.write(request)
 
@@ -206,6 +209,11 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(TimeoutError("no data from the upstream within the read timeout"))
         else:
             self._watchdog = self._loop.call_at(deadline, self._check_idle)
+
+    def listen(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and not self._chunks
@@ -358,6 +366,7 @@ class HttptoolsClient:
 
     def _release(self, origin: _Origin, connection: _Connection) -> None:
         if connection.reusable():
+            connection.listen()  # reading, so that a close by the server while idle is noticed
             self._idle.setdefault(connection.pool_key, deque()).append(connection)
             loop = asyncio.get_running_loop()
             connection.expiry = loop.call_later(self._keepalive_expiry, self._expire, connection)

@@ -212,14 +212,16 @@ def _event_delta(event: ServerSentEvent, errors: UpstreamErrors) -> Delta:
 
 def _chunk_delta(data: bytes, errors: UpstreamErrors) -> Delta:
     """One chunk as one delta, carrying the chunk's own bytes for lossless pass-through."""
+    if not data.isascii():  # most chunks are ASCII (JSON escapes): the check costs nothing for them
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            # Invalid UTF-8 is read as U+FFFD, as a text decoder would, and relayed so: a client gets valid UTF-8.
+            data = data.decode("utf-8", errors="replace").encode()
     try:
         chunk = _decode_chunk(data)
     except msgspec.DecodeError as exc:
-        # Invalid UTF-8 is read as U+FFFD, as a text decoder would; anything else is a broken chunk.
-        repaired = data.decode("utf-8", errors="replace").encode()
-        if repaired == data:
-            raise UpstreamError(f"the upstream sent a malformed chunk: {exc}") from None
-        return _chunk_delta(repaired, errors)
+        raise UpstreamError(f"the upstream sent a malformed chunk: {exc}") from None
     if chunk.error is not None:
         raise errors.reported(data.decode("utf-8", errors="replace"))
     text = reasoning = ""

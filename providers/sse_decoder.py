@@ -96,6 +96,8 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":  # a bare `data` line: an empty line of data
             self._size += 1
+            if self._size > self._max:
+                raise UpstreamError(f"the upstream sent an event over {self._max} bytes")
             self._data.append(b"")
         elif name == b"event":
             self._event = value.decode("utf-8", errors="replace")

@@ -35,17 +35,32 @@ class Coalescer(Generic[T, R]):
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        try:
-            results = await self._run([item for item, _ in batch])
-        except Exception as exc:  # the whole batch failed: each caller gets the failure
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+        batch = [(item, future) for item, future in batch if not future.done()]  # callers that left: not sent
+        if not batch:
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # its caller left (cancelled)
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        outcome: list[R | BaseException]
+        try:
+            outcome = await self._answers([item for item, _ in batch])
+        except Exception as exc:  # the whole batch failed: each caller gets the failure
+            outcome = [exc for _ in batch]
+        except BaseException:  # cancelled: no caller may wait forever
+            abandoned: list[R | BaseException] = [RuntimeError("the batch was abandoned") for _ in batch]
+            _settle(batch, abandoned)
+            raise
+        _settle(batch, outcome)
+
+    async def _answers(self, items: list[T]) -> list[R | BaseException]:
+        results = await self._run(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"a batch of {len(items)} got {len(results)} results")
+        return results
+
+
+def _settle(batch: list[tuple[T, asyncio.Future[R]]], outcome: list[R | BaseException]) -> None:
+    for (_, future), result in zip(batch, outcome, strict=True):
+        if future.done():  # its caller left (cancelled) meanwhile
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -200,26 +200,8 @@ class RedisBackend:
         return Verdict(_REFUSALS[int(refused)], int(remaining), float(reset_us) / 1_000_000)
 
     async def _admit_batch(self, batch: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """One round trip for every admission of a loop turn. EVALSHA is sent by hand: a pipeline of Script
-        calls first asks SCRIPT EXISTS, a second round trip; a NOSCRIPT (a restarted Redis) loads it once."""
-        self._client()  # registers the scripts
-        script = self._scripts["admit"]
-        for attempt in range(2):
-            pipe = self._client().pipeline(transaction=False)
-            for keys, args in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except RedisError as exc:
-                raise _unavailable(exc) from exc
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                try:
-                    await self._client().script_load(script.script)
-                except RedisError as exc:
-                    raise _unavailable(exc) from exc
-                continue
-            break
-        return [_unavailable(r) if isinstance(r, RedisError) else r for r in results]
+        """One round trip for every admission of a loop turn."""
+        return await self._evalsha("admit", batch)
 
     async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
         args = [reserved, actual, limit, int(window * 1_000_000)]
@@ -228,33 +210,53 @@ class RedisBackend:
     async def finish(
         self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
     ) -> None:
-        pipe = self._client().pipeline(transaction=False)
-        if lease is not None:
-            pipe.zrem(self._key(key, "conc"), lease)
-        if reserved:
-            args = [reserved, actual, limit, int(window * 1_000_000)]
-            await self._scripts["settle"](keys=[self._key(key, "tok")], args=args, client=pipe)
-        if not pipe.command_stack:
-            return
-        try:
-            await pipe.execute()
-        except RedisError as exc:
-            raise _unavailable(exc) from exc
+        zrems = [(self._key(key, "conc"), lease)] if lease is not None else []
+        calls = [([self._key(key, "tok")], [reserved, actual, limit, int(window * 1_000_000)])] if reserved else []
+        if zrems or calls:
+            for result in await self._evalsha("settle", calls, zrems=zrems):
+                if isinstance(result, BackendUnavailable):
+                    raise result
 
     async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         by_key: dict[str, list[str]] = {}
         for key, lease in leases:
             by_key.setdefault(key, []).append(lease)
-        if not by_key:
-            return
-        pipe = self._client().pipeline(transaction=False)
         ttl_ms = max(1, int(ttl * 1000))
-        for key, held in by_key.items():  # one call per principal, all of them in one round trip
-            await self._scripts["assert"](keys=[self._key(key, "conc")], args=[ttl_ms, *held], client=pipe)
+        # One call per principal, all of them in one round trip.
+        calls = [([self._key(key, "conc")], [ttl_ms, *held]) for key, held in by_key.items()]
+        for result in await self._evalsha("assert", calls) if calls else []:
+            if isinstance(result, BackendUnavailable):
+                raise result
+
+    async def _evalsha(
+        self, name: str, calls: list[tuple[list[str], list[Any]]], *, zrems: list[tuple[str, str]] | None = None
+    ) -> list[Any]:
+        """Script `name` once per call, in one pipeline, with `zrems` in front; one result (or exception) per call.
+
+        EVALSHA is sent by hand: a pipeline of redis-py Script calls asks SCRIPT EXISTS first, a second round
+        trip. Calls that find the script missing (a restarted Redis) are sent once more after loading it, and
+        only those: the others have run."""
+        self._client()  # registers the scripts
+        script = self._scripts[name]
+        pipe = self._client().pipeline(transaction=False)
+        for key, member in zrems or ():
+            pipe.zrem(key, member)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         try:
-            await pipe.execute()
+            results = list(await pipe.execute(raise_on_error=False))[len(zrems or ()) :]
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if missing:
+                await self._client().script_load(script.script)
+                pipe = self._client().pipeline(transaction=False)
+                for i in missing:
+                    keys, args = calls[i]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                    results[i] = result
         except RedisError as exc:
             raise _unavailable(exc) from exc
+        return [_unavailable(r) if isinstance(r, RedisError) else r for r in results]
 
     async def release(self, key: str, lease: str) -> None:
         redis = self._client()

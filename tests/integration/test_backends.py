@@ -216,3 +216,18 @@ async def test_finish_releases_the_lease_and_settles_in_one_call(store: Store) -
     await backend.finish("p", "s1", reserved=900, actual=100, limit=1000, window=60)
     # The lease is free, and the 800 tokens not used are back: 900 fit again.
     assert (await backend.admit("p", "s2", ask)).refused_by is None
+
+
+async def test_admissions_after_the_scripts_were_flushed_run_once_each(redis_server: RedisServer) -> None:
+    """A restarted (or flushed) Redis has no scripts: a batch that meets NOSCRIPT loads it and sends again only
+    what did not run, so each admission counts once."""
+    backend = RedisBackend(redis_server.url, key_prefix=f"flush-{uuid.uuid4().hex}:")
+    await backend.open()
+    try:
+        await backend.admit("p", "warm", Ask(requests=10))
+        await backend.client.script_flush()
+        verdicts = await asyncio.gather(*(backend.admit("p", f"s{i}", Ask(requests=10)) for i in range(3)))
+        assert sorted(v.remaining for v in verdicts) == [6, 7, 8]
+        assert (await backend.admit("p", "s4", Ask(requests=10))).remaining == 5
+    finally:
+        await backend.aclose()

@@ -208,3 +208,38 @@ async def test_a_connection_whose_last_response_filled_the_buffer_serves_the_nex
             assert len(b"".join([chunk async for chunk in response.chunks()])) == len(big)
     assert client.open_connections == 1
     server.close()
+
+
+async def test_a_reused_connection_keeps_its_own_shorter_read_timeout(client: HttptoolsClient) -> None:
+    """Regression: the watchdog of a response with a 5 s read timeout was kept for the next one on the same
+    connection, whose 0.2 s timeout then fired only after the 5 s."""
+    requests = 0
+
+    async def second_goes_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                requests += 1
+                if requests == 1:
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                await writer.drain()
+
+    server, url = await serve(second_goes_silent)
+    patient = UpstreamTimeouts(connect=2, first_byte=2, read=5, pool=2)
+    async with client.post(url, headers={}, body=BODY, timeouts=patient) as response:
+        assert b"".join([c async for c in response.chunks()]) == b"ok"
+    hasty = UpstreamTimeouts(connect=2, first_byte=2, read=0.2, pool=2)
+    started = asyncio.get_running_loop().time()
+
+    async def read_all() -> None:
+        async with client.post(url, headers={}, body=BODY, timeouts=hasty) as response:
+            async for _ in response.chunks():
+                pass
+
+    with pytest.raises(UpstreamTimeout):
+        await read_all()
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert requests == 2, "the second request did not reuse the connection"
+    server.close()

@@ -88,3 +88,8 @@ def test_the_bound_is_per_event() -> None:
     for _ in range(20):
         (event,) = decoder.feed(b"data: " + b"x" * 600 + b"\n\n")
         assert len(event.data) == 600
+
+
+def test_bare_data_lines_count_against_the_bound() -> None:
+    with pytest.raises(UpstreamError, match="event over 100 bytes"):
+        SSEDecoder(max_event_bytes=100).feed(b"data\n" * 1000)
