@@ -46,11 +46,20 @@ class RedactingFormatter(logging.Formatter):
         return self._redactor.clean(super().format(record))
 
 
+class ThreadQueueHandler(logging.handlers.QueueHandler):
+    """Hands the record itself to the listener thread, which formats it. The stdlib's `prepare` formats and copies
+    every record on the event loop first, so that it can be pickled onto a process queue; a thread's queue needs
+    neither. (tokenrelay's log calls pass immutable arguments: nothing changes under the listener's feet.)"""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
 def configure_logging(redactor: Redactor, level: str = "INFO") -> None:
     output = logging.StreamHandler()
     output.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", redactor))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = logging.handlers.QueueHandler(records)
+    handler = ThreadQueueHandler(records)
     handler.addFilter(RequestIdFilter())
     listener = logging.handlers.QueueListener(records, output)
     listener.start()
