@@ -1,11 +1,10 @@
 """Admission: the per-principal limits a stream must pass before anything is sent upstream.
 
-Three limits, each 0 when off: requests per minute (`hit`), open streams (`acquire`, one lease per stream, renewed
-by a per-process heartbeat, released when the stream ends in any way, expiring by TTL if the process dies) and
-tokens per minute (`reserve` the prompt estimate plus `max_tokens` at admission, `settle` with the real usage at
-the end). A stream's admission is one atomic decision: a refusal by any limit takes nothing from the others.
-If the shared store fails, `fail_open` decides with an in-process fallback (logged) and `fail_closed` refuses
-with 503.
+Three limits, each 0 when off: requests per minute, open streams (one lease per stream, renewed by a per-process
+heartbeat, given back when the stream ends in any way, expiring by TTL if the process dies) and tokens per minute
+(the prompt estimate plus `max_tokens` reserved at admission, settled to the real usage at the end). A stream's
+admission is one atomic decision: a refusal by any limit takes nothing from the others. If the shared store
+fails, `fail_open` decides with an in-process fallback (logged) and `fail_closed` refuses with 503.
 """
 
 from __future__ import annotations

@@ -108,34 +108,27 @@ async def ttft(targets: list[Target], c: int, per_worker: int, rounds: int, out:
             ) * 1000
 
 
-async def burst(targets: list[Target], rounds: int, out: Figures) -> None:
+async def throughput(
+    targets: list[Target], rounds: int, scenario: str, model: tuple[str, int], *, concurrency: int, out: Figures
+) -> None:
+    """Tokens per second and the relay's CPU per token, `concurrency` streams of `model` at once, per round."""
     rates: dict[str, list[float]] = {t.name: [] for t in targets}
     cpu: dict[str, list[float]] = {t.name: [] for t in targets}
     for _ in range(rounds):
         for target in targets:
             before, began = cpu_seconds(target.pid), time.perf_counter()
-            outcomes = await run_concurrent(target, BURST[0], BURST[1], 64, 1)
+            outcomes = await run_concurrent(target, model[0], model[1], concurrency, 1)
             elapsed = time.perf_counter() - began
-            tokens = BURST[1] * sum(o.ok for o in outcomes)
             if bad := failures(outcomes):
                 raise RuntimeError(f"{target.name}: {bad[0]}")
+            tokens = model[1] * len(outcomes)
             rates[target.name].append(tokens / elapsed)
             cpu[target.name].append((cpu_seconds(target.pid) - before) / tokens)
-    _ratios(out, "burst", rates, cpu)
+    _ratios(out, scenario, rates, cpu)
 
 
-async def paced(targets: list[Target], rounds: int, levels: tuple[int, ...], out: Figures) -> None:
-    cpu: dict[str, list[float]] = {t.name: [] for t in targets}
-    rates: dict[str, list[float]] = {t.name: [] for t in targets}
-    for _ in range(rounds):
-        for target in targets:
-            before, began = cpu_seconds(target.pid), time.perf_counter()
-            outcomes = await run_concurrent(target, PACED[0], PACED[1], 100, 1)
-            tokens = PACED[1] * sum(o.ok for o in outcomes)
-            rates[target.name].append(tokens / (time.perf_counter() - began))
-            cpu[target.name].append((cpu_seconds(target.pid) - before) / max(1, tokens))
-    _ratios(out, "paced", rates, cpu)
-    # The highest concurrency at which no stream stalls (a gap over 200 ms, or an error).
+async def no_stall(targets: list[Target], levels: tuple[int, ...], out: Figures) -> None:
+    """The highest concurrency at which no paced stream stalls (a gap over 200 ms, or an error)."""
     for target in targets:
         best = 0
         for level in levels:
@@ -295,9 +288,9 @@ async def measure(targets: list[Target], quick: bool, open_count: int) -> Figure
         await open_streams(by_name[name], open_count, out)
     await ttft(targets, 1, 10 if quick else 25, rounds, out)
     await ttft(targets, 32, 2 if quick else 4, rounds, out)
-    await burst(targets, rounds, out)
-    levels = (250, 500, 1000) if quick else (250, 500, 1000, 1500, 2000, 3000)
-    await paced(targets, rounds, levels, out)
+    await throughput(targets, rounds, "burst", BURST, concurrency=64, out=out)
+    await throughput(targets, rounds, "paced", PACED, concurrency=100, out=out)
+    await no_stall(targets, (250, 500, 1000) if quick else (250, 500, 1000, 1500, 2000, 3000), out)
     judge(out, open_count)
     return out
 

@@ -17,9 +17,8 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Final, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -27,9 +26,7 @@ import httptools
 from app.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from providers.base import UpstreamTimeouts
 from providers.http_client import ExceptionTable, translate_with
-
-# Reading pauses when this much body is waiting for the relay: the upstream then feels the client's pace.
-_HIGH_WATER: Final = 256 * 1024
+from providers.httptools_connection import Connection, Response
 
 # Every exception the transport can raise, translated in one place (tests/unit/test_error_mapping.py).
 EXCEPTION_MAP: ExceptionTable = (
@@ -62,213 +59,15 @@ class _Origin:
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-class _Connection(asyncio.Protocol):
-    """One upstream connection and the response currently arriving on it (httptools callbacks)."""
-
-    def __init__(self, pool_key: tuple[str, int], on_lost: Callable[[_Connection], None]) -> None:
-        self._parser = httptools.HttpResponseParser(self)
-        self._loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.pool_key = pool_key
-        self._on_lost = on_lost
-        self.expiry: asyncio.TimerHandle | None = None  # while idle in the pool
-        self._watchdog: asyncio.TimerHandle | None = None  # the read timeout, while a chunk is awaited
-        self._wait_started = 0.0
-        self._idle_limit = 0.0
-        self._reset()
-
-    def _reset(self) -> None:
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.keep_alive = False
-        self.complete = False
-        self._headers_seen: asyncio.Future[None] = self._loop.create_future()
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self._body_framed = False
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # create_connection gives a stream transport (uvloop's does not subclass asyncio.Transport).
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(exc)
-            if self.transport is not None:
-                self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        self._on_lost(self)
-        if self.complete:
-            return
-        if self._headers_seen.done() and not self._body_framed:
-            # No Content-Length and no chunked encoding: the body ends when the connection does.
-            self.on_message_complete()
-            return
-        self._fail(exc or ConnectionResetError("the upstream closed the connection"))
-
-    # httptools callbacks
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        self.keep_alive = self._parser.should_keep_alive()
-        self._body_framed = "content-length" in self.headers or "chunked" in self.headers.get("transfer-encoding", "")
-        if not self._headers_seen.done():
-            self._headers_seen.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self._wake()
-
-    # the request's side
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._error is None:
-            self._error = exc
-        if not self._headers_seen.done():
-            self._headers_seen.set_exception(exc)
-            self._headers_seen.exception()  # retrieved here; the caller re-raises it from `headers()`
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def send(self, request: bytes) -> None:
-        assert self.transport is not None  # noqa: S101 - set by connection_made before the pool hands it out
-        if self._paused:
-            # The last response filled the buffer and then ended: reading stayed paused, and the next response
-            # would never be read (the request would time out waiting for headers).
-            self.transport.resume_reading()
-        if self._watchdog is not None:  # the last response's, which may be later than this one's read timeout
-            self._watchdog.cancel()
-            self._watchdog = None
-        self._reset()
-        self.transport.write(request)
-
-    async def wait_headers(self, seconds: float) -> None:
-        async with asyncio.timeout(seconds):
-            await self._headers_seen
-
-    async def next_chunk(self, idle_timeout: float) -> bytes:
-        """Everything that arrived since the last call, waiting at most `idle_timeout` for it; b"" at the end."""
-        while not self._chunks:
-            if self.complete:
-                return b""
-            if self._error is not None:
-                raise self._error
-            self._waiter = self._loop.create_future()
-            if self._paused and self.transport is not None:
-                self._paused = False
-                self.transport.resume_reading()
-            # One watchdog timer per connection, re-armed only when it fires, instead of a timer made and
-            # cancelled per chunk: at one token per read that was a heap push and pop per token.
-            self._wait_started = self._loop.time()
-            self._idle_limit = idle_timeout
-            if self._watchdog is None:
-                self._watchdog = self._loop.call_at(self._wait_started + idle_timeout, self._check_idle)
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return chunk
-
-    def _check_idle(self) -> None:
-        self._watchdog = None
-        waiter = self._waiter
-        if waiter is None or waiter.done() or self.closed:
-            return  # not waiting: the next wait arms it again
-        deadline = self._wait_started + self._idle_limit
-        if self._loop.time() >= deadline:
-            waiter.set_exception(TimeoutError("no data from the upstream within the read timeout"))
-        else:
-            self._watchdog = self._loop.call_at(deadline, self._check_idle)
-
-    def listen(self) -> None:
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-
-    def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and not self._chunks
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _Response:
-    __slots__ = ("_connection", "_read_timeout")
-
-    def __init__(self, connection: _Connection, read_timeout: float) -> None:
-        self._connection = connection
-        self._read_timeout = read_timeout
-
-    @property
-    def status(self) -> int:
-        return self._connection.status
-
-    def header(self, name: str) -> str | None:
-        return self._connection.headers.get(name.lower())
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        connection, timeout = self._connection, self._read_timeout
-        while True:
-            try:
-                chunk = await connection.next_chunk(timeout)
-            except TimeoutError:
-                raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
-            except (OSError, httptools.HttpParserError) as exc:
-                raise UpstreamError(f"the upstream cut the response off: {exc}") from exc
-            if not chunk:
-                return
-            yield chunk
-
-    async def read(self, limit: int) -> bytes:
-        body = b""
-        async for chunk in self.chunks():
-            body += chunk
-            if len(body) >= limit:
-                break
-        return body[:limit]
-
-
 class HttptoolsClient:
     def __init__(self, *, max_connections: int, keepalive_expiry: float = 15.0) -> None:
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._tls = ssl.create_default_context()
         self._origins: dict[str, _Origin] = {}
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._idle: dict[tuple[str, int], deque[Connection]] = {}
         self._slots: asyncio.Semaphore | None = None
-        self._open: set[_Connection] = set()
+        self._open: set[Connection] = set()
 
     async def open(self) -> None:
         self._slots = asyncio.Semaphore(self._max_connections)
@@ -284,7 +83,7 @@ class HttptoolsClient:
     @asynccontextmanager
     async def post(
         self, url: str, *, headers: Mapping[str, str], body: bytes, timeouts: UpstreamTimeouts
-    ) -> AsyncIterator[_Response]:
+    ) -> AsyncIterator[Response]:
         if self._slots is None:
             raise RuntimeError("HttptoolsClient.post() before open()")
         origin = self._origins.get(url) or self._origins.setdefault(url, _Origin(url, self._tls))
@@ -294,20 +93,20 @@ class HttptoolsClient:
                 await self._slots.acquire()
         except TimeoutError:
             raise UpstreamTimeout("no free upstream connection within the pool timeout") from None
-        connection: _Connection | None = None
+        connection: Connection | None = None
         try:
             try:
                 connection = await self._send(origin, request, timeouts)
             except (OSError, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
                 mapped = translate(exc)
                 raise (mapped or UpstreamUnavailable(str(exc))) from exc
-            yield _Response(connection, timeouts.read)
+            yield Response(connection, timeouts.read)
         finally:
             if connection is not None:
                 self._release(origin, connection)
             self._slots.release()
 
-    async def _send(self, origin: _Origin, request: bytes, timeouts: UpstreamTimeouts) -> _Connection:
+    async def _send(self, origin: _Origin, request: bytes, timeouts: UpstreamTimeouts) -> Connection:
         """Send the request and wait for the response headers; on any failure, the connection is cut."""
         reused = self._idle_connection(origin)
         if reused is not None:
@@ -321,8 +120,8 @@ class HttptoolsClient:
         return await self._exchange(origin, connection, request, timeouts)
 
     async def _exchange(
-        self, origin: _Origin, connection: _Connection, request: bytes, timeouts: UpstreamTimeouts
-    ) -> _Connection:
+        self, origin: _Origin, connection: Connection, request: bytes, timeouts: UpstreamTimeouts
+    ) -> Connection:
         try:
             connection.send(request)
             await connection.wait_headers(timeouts.first_byte)
@@ -335,7 +134,7 @@ class HttptoolsClient:
             raise
         return connection
 
-    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+    def _idle_connection(self, origin: _Origin) -> Connection | None:
         idle = self._idle.get((origin.host, origin.port))
         while idle:
             candidate = idle.pop()  # the most recently used: the likeliest to be alive, the others expire
@@ -347,13 +146,13 @@ class HttptoolsClient:
             self._forget(candidate)
         return None
 
-    async def _new_connection(self, origin: _Origin, connect_timeout: float) -> _Connection:
+    async def _new_connection(self, origin: _Origin, connect_timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
                 key = (origin.host, origin.port)
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(key, self._forget),
+                    lambda: Connection(key, self._forget),
                     origin.host,
                     origin.port,
                     ssl=origin.ssl,
@@ -364,7 +163,7 @@ class HttptoolsClient:
         self._open.add(connection)
         return connection
 
-    def _release(self, origin: _Origin, connection: _Connection) -> None:
+    def _release(self, origin: _Origin, connection: Connection) -> None:
         if connection.reusable():
             connection.listen()  # reading, so that a close by the server while idle is noticed
             self._idle.setdefault(connection.pool_key, deque()).append(connection)
@@ -375,12 +174,12 @@ class HttptoolsClient:
             connection.close()
             self._open.discard(connection)
 
-    def _expire(self, connection: _Connection) -> None:
+    def _expire(self, connection: Connection) -> None:
         connection.expiry = None
         self._forget(connection)
         connection.close()
 
-    def _forget(self, connection: _Connection) -> None:
+    def _forget(self, connection: Connection) -> None:
         """Out of the pool: expired, or closed by either side (also while idle)."""
         self._open.discard(connection)
         if connection.expiry is not None:

@@ -5,9 +5,10 @@ Every decision is one atomic step (one Lua script in Redis, never get-then-set):
 - `admit`: everything a stream needs before it goes upstream, all or nothing: a request of the per-window limit,
   a concurrent lease (one per open stream, expiring unless asserted again, so a crashed worker's streams stop
   counting after `ttl`) and a reservation from a token budget per window. A refusal by any one takes nothing;
-- `assert_leases` / `release`: the heartbeat's renewal (which also puts back leases a restarted store lost) and
-  the end of a stream;
-- `settle`: the real token count replaces a reservation (a refund when it used less).
+- `finish`: the end of a stream, in one step: its lease released and the real token count in place of the
+  reservation (a refund when it used less);
+- `assert_leases` / `release_all`: the heartbeat's renewal (which also puts back leases a restarted store lost)
+  and its release of leases whose streams ended meanwhile.
 """
 
 from __future__ import annotations
@@ -79,18 +80,13 @@ class Backend(Protocol):
         """Hold each `(key, lease)` for `ttl` seconds more, adding back any the store lost (one round trip)."""
         ...
 
-    async def release(self, key: str, lease: str) -> None: ...
-
     async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
-        """`release` for each `(key, lease)`, in one round trip."""
-        ...
-
-    async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
-        """Replace a reservation by what was really used."""
+        """Give back each `(key, lease)`, in one round trip."""
         ...
 
     async def finish(
         self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
     ) -> None:
-        """The end of a stream in one round trip: `release` the lease (if any) and `settle` (if `reserved`)."""
+        """The end of a stream in one round trip: the lease (if any) given back, and the `reserved` tokens (if
+        any) replaced by the `actual` count, of a budget of `limit` per `window`."""
         ...

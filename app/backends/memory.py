@@ -86,7 +86,7 @@ class MemoryBackend:
             self._tokens[key] = token_tat
         return Verdict(None, remaining, reset)
 
-    async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
+    def _settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
         now = self._now()
         delta = (actual - reserved) * window / limit
         tat = self._tokens.get(key, now)
@@ -101,9 +101,9 @@ class MemoryBackend:
         self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
     ) -> None:
         if lease is not None:
-            await self.release(key, lease)
+            self._release(key, lease)
         if reserved:
-            await self.settle(key, reserved, actual, limit, window)
+            self._settle(key, reserved, actual, limit, window)
 
     async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         expiry = self._now() + ttl
@@ -112,9 +112,9 @@ class MemoryBackend:
 
     async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
         for key, lease in leases:
-            await self.release(key, lease)
+            self._release(key, lease)
 
-    async def release(self, key: str, lease: str) -> None:
+    def _release(self, key: str, lease: str) -> None:
         leases = self._leases.get(key)
         if leases is not None:
             leases.pop(lease, None)

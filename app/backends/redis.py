@@ -203,10 +203,6 @@ class RedisBackend:
         """One round trip for every admission of a loop turn."""
         return await self._evalsha("admit", batch)
 
-    async def settle(self, key: str, reserved: int, actual: int, limit: int, window: float) -> None:
-        args = [reserved, actual, limit, int(window * 1_000_000)]
-        await self._run("settle", [self._key(key, "tok")], args)
-
     async def finish(
         self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
     ) -> None:
@@ -257,13 +253,6 @@ class RedisBackend:
         except RedisError as exc:
             raise _unavailable(exc) from exc
         return [_unavailable(r) if isinstance(r, RedisError) else r for r in results]
-
-    async def release(self, key: str, lease: str) -> None:
-        redis = self._client()
-        try:
-            await redis.zrem(self._key(key, "conc"), lease)
-        except RedisError as exc:
-            raise _unavailable(exc) from exc
 
     async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
         pipe = self._client().pipeline(transaction=False)

@@ -97,8 +97,8 @@ async def test_leases_count_open_streams(store: Store) -> None:
     assert (await lease(backend, "p", "s2", 2)).refused_by is None
     assert (await lease(backend, "p", "s3", 2)).refused_by == "concurrent_streams"
     assert (await lease(backend, "p", "s2", 2)).refused_by is None, "re-acquiring a held lease is not a new one"
-    await backend.release("p", "s1")
-    await backend.release("p", "s1")  # releasing twice is harmless
+    await backend.release_all([("p", "s1")])
+    await backend.release_all([("p", "s1")])  # releasing twice is harmless
     assert (await lease(backend, "p", "s3", 2)).refused_by is None
     assert (await lease(backend, "p", "s4", 2)).refused_by == "concurrent_streams"
 
@@ -145,9 +145,9 @@ async def test_token_budget_reserve_and_settle(store: Store) -> None:
     first = await backend.admit("tpm", "s1", Ask(tokens=600, token_budget=1000))
     assert first.refused_by is None
     assert (await backend.admit("tpm", "s2", Ask(tokens=600, token_budget=1000))).refused_by == "tokens_per_minute"
-    await backend.settle("tpm", reserved=600, actual=100, limit=1000, window=60)  # it used less: refund
+    await backend.finish("tpm", None, reserved=600, actual=100, limit=1000, window=60)  # it used less: refund
     assert (await backend.admit("tpm", "s3", Ask(tokens=600, token_budget=1000))).refused_by is None
-    await backend.settle("tpm", reserved=600, actual=900, limit=1000, window=60)  # it used more: charge
+    await backend.finish("tpm", None, reserved=600, actual=900, limit=1000, window=60)  # it used more: charge
     assert (await backend.admit("tpm", "s4", Ask(tokens=100, token_budget=1000))).refused_by == "tokens_per_minute"
 
 
@@ -168,7 +168,7 @@ async def test_admission_is_all_or_nothing(store: Store) -> None:
     modest = Ask(requests=2, streams=1, tokens=10, token_budget=1000)
     admitted = await backend.admit("p", "s2", modest)
     assert (admitted.refused_by, admitted.remaining) == (None, 1), "the refused admission counted a request"
-    await backend.release("p", "s2")
+    await backend.release_all([("p", "s2")])
     assert (await backend.admit("p", "s3", modest)).refused_by is None, "the refused admission held a lease"
     refused_by_streams = await backend.admit("p", "s4", modest)
     assert refused_by_streams.refused_by in ("concurrent_streams", "requests_per_minute")
@@ -180,8 +180,7 @@ async def test_a_refused_lease_takes_no_tokens(store: Store) -> None:
     assert (await backend.admit("p", "s2", Ask(streams=1, tokens=600, token_budget=1000))).refused_by == (
         "concurrent_streams"
     )
-    await backend.release("p", "s1")
-    await backend.settle("p", reserved=600, actual=600, limit=1000, window=60)
+    await backend.finish("p", "s1", reserved=600, actual=600, limit=1000, window=60)
     # Had the refused admission reserved its 600, these 400 would not fit.
     assert (await backend.admit("p", "s3", Ask(streams=1, tokens=400, token_budget=1000))).refused_by is None
 
