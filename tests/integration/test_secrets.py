@@ -101,6 +101,10 @@ def test_credential_shaped_text_is_redacted(text: str, kept: str) -> None:
     assert "abcdefghijkl" not in cleaned
     assert cleaned.startswith(kept)
     assert REDACTED in cleaned
+    # In any case, and beside non-ASCII text (which takes the slow path): the quick check before the pattern
+    # must never let a shape through.
+    for variant in (text.upper(), text.swapcase(), f"{text} \u00e9t\u00e9", f"\u212a {text}"):
+        assert "abcdefghijkl" not in Redactor(()).clean(variant).lower(), variant
 
 
 def test_ordinary_words_survive_redaction() -> None:
