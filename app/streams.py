@@ -70,6 +70,41 @@ def new_stream_id() -> str:
 
 
 class StreamRun:
+    # Slots: a run lives as long as its stream, and its size is part of each open stream's cost.
+    __slots__ = (
+        "_admission",
+        "_client_left",
+        "_committed",
+        "_committing",
+        "_completion_chars",
+        "_drain",
+        "_encoder",
+        "_ended",
+        "_failure",
+        "_first_delta_at",
+        "_last_write",
+        "_last_yield",
+        "_loop",
+        "_outcome",
+        "_ping_interval",
+        "_ping_timer",
+        "_pings",
+        "_policy",
+        "_prompt_estimate",
+        "_request",
+        "_response_started",
+        "_route",
+        "_send",
+        "_served_by",
+        "_shutdown",
+        "_started",
+        "_task",
+        "_usage",
+        "_writes",
+        "created",
+        "stream_id",
+    )
+
     def __init__(
         self,
         *,
