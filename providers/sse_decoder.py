@@ -49,22 +49,53 @@ class SSEDecoder:
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if self._overflow is None and not self._skip_lf and not self._data and not self._event:
+            buffer = self._pending + chunk if self._pending else chunk
+            if b"\r" not in buffer:
+                return self._feed_blocks(buffer)
         events: list[ServerSentEvent] = []
         for line in self._lines(chunk):
-            if not line:
-                if self._data:
-                    events.append(self._dispatch())
-                else:
-                    self._event = ""
-            elif line.startswith(b"data:"):
-                value = line[6:] if line[5:6] == b" " else line[5:]
-                self._size += len(value) + 1  # an empty `data:` line still costs a list entry
-                if self._size > self._max:
-                    raise UpstreamError(f"the upstream sent an event over {self._max} bytes")
-                self._data.append(value)
-            elif line[0] != 58:  # not a comment (":")
-                self._field(line)
+            self._line(line, events)
         return events
+
+    def _feed_blocks(self, buffer: bytes) -> list[ServerSentEvent]:
+        """The common case, LF line ends and no event half read: split into events at blank lines, and take an
+        event that is one `data: ` line as it is, without going line by line (a fifth of the relay's CPU)."""
+        events: list[ServerSentEvent] = []
+        blocks = buffer.split(b"\n\n")
+        self._pending = b""
+        for block in blocks[:-1]:
+            if block[:6] == b"data: " and b"\n" not in block:
+                if len(block) - 6 >= self._max:
+                    raise UpstreamError(f"the upstream sent an event over {self._max} bytes")
+                events.append(ServerSentEvent("message", block[6:], self._id))
+            else:
+                for line in block.split(b"\n"):
+                    self._line(line, events)
+                self._line(b"", events)
+        tail = blocks[-1]  # an event still arriving (b"" when the buffer ended with its blank line)
+        if len(tail) > self._max:
+            # Too long to hold unread: its lines are read now, and the line-by-line bounds decide.
+            for line in self._lines(tail):
+                self._line(line, events)
+        else:
+            self._pending = tail
+        return events
+
+    def _line(self, line: bytes, events: list[ServerSentEvent]) -> None:
+        if not line:
+            if self._data:
+                events.append(self._dispatch())
+            else:
+                self._event = ""
+        elif line.startswith(b"data:"):
+            value = line[6:] if line[5:6] == b" " else line[5:]
+            self._size += len(value) + 1  # an empty `data:` line still costs a list entry
+            if self._size > self._max:
+                raise UpstreamError(f"the upstream sent an event over {self._max} bytes")
+            self._data.append(value)
+        elif line[0] != 58:  # not a comment (":")
+            self._field(line)
 
     def _lines(self, chunk: bytes) -> list[bytes]:
         """The whole lines `chunk` completes; a partial last line waits for the next chunk."""

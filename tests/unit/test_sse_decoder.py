@@ -93,3 +93,54 @@ def test_the_bound_is_per_event() -> None:
 def test_bare_data_lines_count_against_the_bound() -> None:
     with pytest.raises(UpstreamError, match="event over 100 bytes"):
         SSEDecoder(max_event_bytes=100).feed(b"data\n" * 1000)
+
+
+def reference(body: bytes) -> list[ServerSentEvent]:
+    """The WHATWG algorithm read literally, over a whole body: what the decoder must match, however cut."""
+    events: list[ServerSentEvent] = []
+    data: list[bytes] = []
+    event, last_id = "", None
+    for line in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")[:-1]:
+        if not line:
+            if data:
+                events.append(ServerSentEvent(event or "message", b"\n".join(data), last_id))
+            data, event = [], ""
+            continue
+        if line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            event = value.decode()
+        elif name == b"id" and b"\x00" not in value:
+            last_id = value.decode()
+    return events
+
+
+_LINES = st.sampled_from(
+    [b'data: {"a":1}', b"data:x", b"data", b"data: ", b"event: e", b"id: 9", b"id", b": c", b"retry: 5", b""]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.tuples(_LINES, st.sampled_from([b"\n", b"\n", b"\n", b"\r\n", b"\r"])), max_size=30),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+)
+def test_matches_the_spec_however_cut(lines: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
+    """Bodies of the common shape (LF, one `data: ` line an event) take the decoder's block path, others the
+    line path, and a body may switch between them mid-stream: each must give what the spec gives."""
+    body = b"".join(line + ending for line, ending in lines) + b"data: end\n\n"
+    points = [0, *sorted({c for c in cuts if c < len(body)}), len(body)]
+    assert decode([body[a:b] for a, b in itertools.pairwise(points)]) == reference(body)
+
+
+def test_openai_shaped_body_in_one_read_and_cut_anywhere() -> None:
+    body = b"".join(b'data: {"i":%d}\n\n' % i for i in range(40)) + b"data: [DONE]\n\n"
+    expected = [ServerSentEvent("message", b'{"i":%d}' % i) for i in range(40)]
+    expected.append(ServerSentEvent("message", b"[DONE]"))
+    assert decode([body]) == expected
+    for size in (1, 2, 7, 13, 64):
+        assert decode([body[i : i + size] for i in range(0, len(body), size)]) == expected
