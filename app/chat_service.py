@@ -17,6 +17,7 @@ from app.json_body import read_body
 from app.limits import Limiter
 from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
 from app.openai_input import ChatCompletionInput
+from app.registry import Api, StreamRegistry
 from app.sessions import SessionReader
 from app.settings import Settings
 from app.shutdown import ShutdownDrain
@@ -48,8 +49,10 @@ class ChatService:
         auth: Authenticator,
         sessions: SessionReader,
         drain: ShutdownDrain,
+        registry: StreamRegistry,
     ) -> None:
         self._settings = settings
+        self._registry = registry
         self._drain = drain
         self._providers = providers
         self._limiter = limiter
@@ -116,7 +119,7 @@ class ChatService:
         )
         stream_id = new_stream_id()
         encoder = SSEEncoder(stream_id, self._settings.stream.retry_ms)
-        return await self._run(stream_id, route, request, encoder, caller=caller)
+        return await self._run(stream_id, route, request, encoder, caller=caller, api="chat", transport="sse")
 
     async def open_completion(self, chat: ChatCompletionInput, request_id: str, caller: Caller) -> StreamRun:
         """`/v1/chat/completions`: OpenAI chunks when `stream` is true, one `chat.completion` otherwise."""
@@ -140,7 +143,10 @@ class ChatService:
             encoder = OpenAIChunkEncoder(stream_id, route.public_model, created, chat.include_usage)
         else:
             encoder = CompletionEncoder(stream_id, created)
-        return await self._run(stream_id, route, request, encoder, caller=caller, created=created)
+        transport = "openai-sse" if chat.stream else "openai-json"
+        return await self._run(
+            stream_id, route, request, encoder, caller=caller, created=created, api="openai", transport=transport
+        )
 
     async def _run(
         self,
@@ -150,6 +156,8 @@ class ChatService:
         encoder: StreamEncoder,
         *,
         caller: Caller,
+        api: Api,
+        transport: str,
         created: int | None = None,
     ) -> StreamRun:
         self._drain.refuse_if_draining()
@@ -168,4 +176,7 @@ class ChatService:
             ping_interval=self._settings.stream.ping_interval_seconds,
             prompt_estimate=prompt_estimate,
             drain=self._drain,
+            registry=self._registry,
+            api=api,
+            transport=transport,
         )

@@ -19,6 +19,7 @@ from app.error_handlers import EXCEPTION_HANDLERS
 from app.limits import Limiter
 from app.logs import configure_logging
 from app.redaction import Redactor
+from app.registry import StreamRegistry, replica_name
 from app.routes.auth import close_session, open_session
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz, readyz
@@ -48,7 +49,8 @@ def create_app(settings: Settings) -> Litestar:
     """Build the application. Nothing here does I/O: upstream pools open at startup and close at shutdown."""
     providers = ProviderRegistry(settings)
     backend = _backend(settings)
-    limiter = Limiter(settings.limits, backend)
+    registry = StreamRegistry(replica_name())
+    limiter = Limiter(settings.limits, backend, registry)
     sessions = ServerSideSessionConfig(
         key=settings.sessions.cookie_name,
         max_age=settings.sessions.max_age_seconds,
@@ -68,6 +70,7 @@ def create_app(settings: Settings) -> Litestar:
         auth=Authenticator(settings.auth),
         sessions=session_reader,
         drain=drain,
+        registry=registry,
     )
 
     def provide_chat_service() -> ChatService:

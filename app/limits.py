@@ -18,6 +18,7 @@ import time
 from app.backends.base import Ask, Backend, BackendUnavailable, Decision, LimitName
 from app.backends.memory import MemoryBackend
 from app.errors import LimitsUnavailable, RateLimited
+from app.registry import StreamRegistry
 from app.settings import KeyLimitSettings, LimitSettings
 
 logger = logging.getLogger("tokenrelay.limits")
@@ -44,10 +45,12 @@ class Admission:
         reserved: tuple[int, int],
         headers: dict[str, str],
         *,
+        stream_id: str,
         local: bool,
     ) -> None:
         self._limiter = limiter
         self.principal = principal
+        self._stream_id = stream_id
         self._lease = lease
         self._reserved = reserved  # (tokens reserved, the budget they came from)
         self._local = local  # decided by the fallback, while the shared store failed
@@ -61,13 +64,21 @@ class Admission:
         self._closed = True
         if self._lease is not None:
             self._limiter.stream_lasted(time.monotonic() - self._opened)
-        await self._limiter.give_back(self.principal, self._lease, self._reserved, used_tokens, local=self._local)
+        await self._limiter.give_back(
+            self.principal, self._stream_id, self._lease, self._reserved, used_tokens, local=self._local
+        )
+
+
+HEARTBEAT_SECONDS = 2.0  # at most: the registry's records are this fresh; leases need only a third of their TTL
 
 
 class Limiter:
-    def __init__(self, settings: LimitSettings, backend: Backend) -> None:
+    """Admission, and the replica's one heartbeat: its leases and the registry's records in one round trip."""
+
+    def __init__(self, settings: LimitSettings, backend: Backend, registry: StreamRegistry | None = None) -> None:
         self._settings = settings
         self._backend = backend
+        self._registry = registry
         # Decides only while the shared store fails, seeded with this process's open streams; dropped as soon
         # as the heartbeat reaches the store again, so it never holds more than an outage's worth.
         self._fallback: MemoryBackend | None = None
@@ -137,7 +148,7 @@ class Limiter:
             window=WINDOW_SECONDS,
         )
         if not (ask.requests or ask.streams or ask.token_budget):
-            return Admission(self, principal, None, (0, 0), {}, local=False)
+            return Admission(self, principal, None, (0, 0), {}, stream_id=stream_id, local=False)
         local = False
         try:
             verdict = await self._backend.admit(principal, stream_id, ask)
@@ -157,7 +168,7 @@ class Limiter:
         if lease is not None:
             self._leases.add((principal, lease))
         headers = _headers(Decision(True, ask.requests, verdict.remaining, verdict.reset_after)) if ask.requests else {}
-        return Admission(self, principal, lease, (ask.tokens, budget), headers, local=local)
+        return Admission(self, principal, lease, (ask.tokens, budget), headers, stream_id=stream_id, local=local)
 
     def _with(self, overrides: KeyLimitSettings) -> LimitSettings:
         """The limits with a key's own overrides, made once per key (a pydantic copy per request was 2 % of it)."""
@@ -202,11 +213,19 @@ class Limiter:
         return min(WINDOW_SECONDS, max(1.0, mean / max(1, open_streams)))
 
     async def give_back(
-        self, principal: str, lease: str | None, reserved: tuple[int, int], used_tokens: int, *, local: bool
+        self,
+        principal: str,
+        stream_id: str,
+        lease: str | None,
+        reserved: tuple[int, int],
+        used_tokens: int,
+        *,
+        local: bool,
     ) -> None:
         # Giving back never fails a stream: a lease the store did not hear about expires by its TTL, and a lost
         # settlement only leaves the reservation standing until its window passes.
         amount, budget = reserved
+        recorded = self._registry is not None and self._registry.discard(stream_id)
         if lease is not None:
             self._leases.discard((principal, lease))
         if self._fallback is not None:
@@ -215,18 +234,25 @@ class Limiter:
                 principal, lease, reserved=local_amount, actual=used_tokens, limit=budget, window=WINDOW_SECONDS
             )
         shared_amount = 0 if local else amount
-        if lease is None and not shared_amount:
+        if lease is None and not shared_amount and not recorded:
             return
         try:
             await self._backend.finish(
-                principal, lease, reserved=shared_amount, actual=used_tokens, limit=budget, window=WINDOW_SECONDS
+                principal,
+                lease,
+                reserved=shared_amount,
+                actual=used_tokens,
+                limit=budget,
+                window=WINDOW_SECONDS,
+                stream=stream_id if recorded else None,
             )
         except BackendUnavailable as exc:
             logger.warning("rate-limit store unavailable while giving back: %s", exc)
 
     async def _renew_leases(self) -> None:
-        """The heartbeat, every ttl / 3. Supervised: no failure ends it; each is logged and it beats again."""
-        interval = self._settings.lease_ttl_seconds / 3
+        """The heartbeat, every ttl / 3 (at most `HEARTBEAT_SECONDS`). Supervised: no failure ends it; each is
+        logged and it beats again."""
+        interval = min(HEARTBEAT_SECONDS, self._settings.lease_ttl_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -240,9 +266,10 @@ class Limiter:
         an outage, a ping tells whether the store is back."""
         ttl = self._settings.lease_ttl_seconds
         held = list(self._leases)
+        records = self._registry.records() if self._registry is not None else []
         try:
-            if held:
-                await self._backend.assert_leases(held, ttl)
+            if held or records:
+                await self._backend.assert_leases(held, ttl, records)
             elif self._fallback is not None:
                 await self._backend.ping()
         except BackendUnavailable:
@@ -261,9 +288,13 @@ class Limiter:
         orphans = {lease for lease, at in settled.items() if now - at < ttl and lease not in self._leases}
         for lease in settled:
             del self._orphans[lease]
-        if ended or orphans:
+        # Likewise a record written again after its stream's `finish` removed it.
+        gone = [
+            stream_id for stream_id, _ in records if self._registry is not None and not self._registry.local(stream_id)
+        ]
+        if ended or orphans or gone:
             try:
-                await self._backend.release_all(ended | orphans)
+                await self._backend.release_all(ended | orphans, gone)
             except BackendUnavailable as exc:
                 logger.warning("rate-limit store unavailable while releasing: %s", exc)  # they expire by TTL
 

@@ -33,6 +33,7 @@ from litestar.types import Receive, Scope, Send
 from app.errors import InternalError, ProxyError, UpstreamError, error_body
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame, Usage
 from app.limits import Admission
+from app.registry import Api, StreamRecord, StreamRegistry, Watcher, epoch, estimated_tokens, public_principal
 from app.shutdown import FINAL_WRITE_SECONDS, ShutdownDrain, shutdown_error
 from providers.base import ChatRequest, Delta, TokenUsage
 from providers.registry import Route, Target
@@ -73,6 +74,7 @@ class StreamRun:
     # Slots: a run lives as long as its stream, and its size is part of each open stream's cost.
     __slots__ = (
         "_admission",
+        "_api",
         "_client_left",
         "_committed",
         "_committing",
@@ -91,6 +93,7 @@ class StreamRun:
         "_pings",
         "_policy",
         "_prompt_estimate",
+        "_registry",
         "_request",
         "_response_started",
         "_route",
@@ -98,7 +101,9 @@ class StreamRun:
         "_served_by",
         "_shutdown",
         "_started",
+        "_target",
         "_task",
+        "_transport",
         "_usage",
         "_writes",
         "created",
@@ -118,8 +123,15 @@ class StreamRun:
         ping_interval: float,
         prompt_estimate: int,
         drain: ShutdownDrain,
+        registry: StreamRegistry,
+        api: Api,
+        transport: str,
     ) -> None:
         self.stream_id = stream_id
+        self._registry = registry
+        self._api = api
+        self._transport = transport
+        self._target: Target | None = None
         self._drain = drain
         self._admission = admission
         self._route = route
@@ -158,6 +170,7 @@ class StreamRun:
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         watcher = self._loop.create_task(self._cancel_on_disconnect(receive, task))
         self._drain.track(self)
+        self._registry.add(self)
         try:
             if self._drain.draining:
                 self._ended = True
@@ -183,7 +196,30 @@ class StreamRun:
             self._finish()
             if self._admission is not None:
                 # Shielded: a second cancellation (server shutdown) must not stop the lease's release half-way.
+                # Closing also takes the stream out of the registry, and its record out of the store.
                 await asyncio.shield(self._admission.close(self._used_tokens()))
+            else:
+                self._registry.discard(self.stream_id)
+
+    def record(self, replica: str) -> StreamRecord:
+        """The registry's record of this stream, as it is now."""
+        target = self._target
+        principal = self._admission.principal if self._admission is not None else "address"
+        first = self._first_delta_at
+        return StreamRecord(
+            id=self.stream_id,
+            principal=public_principal(principal),
+            model=self._route.public_model,
+            provider=target.provider_name if target is not None else None,
+            upstream_model=target.upstream_model if target is not None else None,
+            api=self._api,
+            replica=replica,
+            started_at=epoch(self._started),
+            first_token_at=None if first is None else epoch(first),
+            tokens_out=estimated_tokens(self._completion_chars),
+            state="starting" if first is None else "streaming",
+            watchers=(Watcher(replica, self._transport, epoch(self._started)),),
+        )
 
     def stop_for_shutdown(self) -> None:
         """End the stream now: the drain time is over (cancels the run wherever it waits, like a disconnect)."""
@@ -224,6 +260,7 @@ class StreamRun:
         async with AsyncExitStack() as upstream:
             try:
                 target, deltas, first = await self._open(upstream)
+                self._target = target
                 self._first_delta_at = time.monotonic()
             except Exception as exc:
                 error = exc if isinstance(exc, ProxyError) else _internal(self.stream_id, exc)

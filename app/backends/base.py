@@ -9,6 +9,10 @@ Every decision is one atomic step (one Lua script in Redis, never get-then-set):
   reservation (a refund when it used less);
 - `assert_leases` / `release_all`: the heartbeat's renewal (which also puts back leases a restarted store lost)
   and its release of leases whose streams ended meanwhile.
+
+The same store keeps the registry of open streams: one record per stream, written by its replica's heartbeat
+(in the same round trip as its leases, with the same TTL, so a dead replica's records expire with its leases) and
+removed by `finish`; `streams` and `stream` read them, from any replica.
 """
 
 from __future__ import annotations
@@ -76,17 +80,37 @@ class Backend(Protocol):
         """Take everything `ask` asks for under `key`, with `lease` as the stream's lease id, or nothing."""
         ...
 
-    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
-        """Hold each `(key, lease)` for `ttl` seconds more, adding back any the store lost (one round trip)."""
+    async def assert_leases(
+        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+    ) -> None:
+        """Hold each `(key, lease)` for `ttl` seconds more, adding back any the store lost, and write each
+        `(stream_id, record)` of the registry to expire after `ttl` (one round trip for all)."""
         ...
 
-    async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
-        """Give back each `(key, lease)`, in one round trip."""
+    async def release_all(self, leases: Iterable[tuple[str, str]], streams: Iterable[str] = ()) -> None:
+        """Give back each `(key, lease)` and remove each stream's record, in one round trip."""
         ...
 
     async def finish(
-        self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
+        self,
+        key: str,
+        lease: str | None,
+        *,
+        reserved: int,
+        actual: int,
+        limit: int,
+        window: float,
+        stream: str | None = None,
     ) -> None:
-        """The end of a stream in one round trip: the lease (if any) given back, and the `reserved` tokens (if
-        any) replaced by the `actual` count, of a budget of `limit` per `window`."""
+        """The end of a stream in one round trip: the lease (if any) given back, the `reserved` tokens (if any)
+        replaced by the `actual` count, of a budget of `limit` per `window`, and `stream`'s record removed."""
+        ...
+
+    async def streams(self, after: str | None, count: int) -> tuple[list[bytes], str | None]:
+        """Up to `count` records of open streams, in id order after the id `after`, and the id to continue
+        after (None at the end). Records may come fewer than `count` while there are more."""
+        ...
+
+    async def stream(self, stream_id: str) -> bytes | None:
+        """One open stream's record."""
         ...

@@ -22,6 +22,7 @@ class MemoryBackend:
         self._requests: dict[str, float] = {}  # GCRA theoretical arrival time per key, one table per limit
         self._tokens: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}  # key -> lease -> expiry
+        self._records: dict[str, tuple[float, bytes]] = {}  # open stream -> (expiry, record)
         self._swept = clock()
 
     @property
@@ -38,6 +39,7 @@ class MemoryBackend:
             self._tokens = {k: v for k, v in self._tokens.items() if v > now}
             live = ((k, {lease: x for lease, x in held.items() if x > now}) for k, held in self._leases.items())
             self._leases = {k: held for k, held in live if held}
+            self._records = {k: r for k, r in self._records.items() if r[0] > now}
         return now
 
     async def open(self) -> None:
@@ -50,6 +52,7 @@ class MemoryBackend:
         self._requests.clear()
         self._tokens.clear()
         self._leases.clear()
+        self._records.clear()
 
     async def hit(self, key: str, limit: int, window: float) -> Decision:
         now = self._now()
@@ -98,21 +101,47 @@ class MemoryBackend:
             self._tokens.pop(key, None)
 
     async def finish(
-        self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
+        self,
+        key: str,
+        lease: str | None,
+        *,
+        reserved: int,
+        actual: int,
+        limit: int,
+        window: float,
+        stream: str | None = None,
     ) -> None:
         if lease is not None:
             self._release(key, lease)
         if reserved:
             self._settle(key, reserved, actual, limit, window)
+        if stream is not None:
+            self._records.pop(stream, None)
 
-    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+    async def assert_leases(
+        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+    ) -> None:
         expiry = self._now() + ttl
         for key, lease in leases:
             self._leases.setdefault(key, {})[lease] = expiry
+        for stream_id, record in records:
+            self._records[stream_id] = (expiry, record)
 
-    async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
+    async def streams(self, after: str | None, count: int) -> tuple[list[bytes], str | None]:
+        now = self._now()
+        ids = sorted(k for k, (expiry, _) in self._records.items() if expiry > now and (after is None or k > after))
+        page = ids[:count]
+        return [self._records[k][1] for k in page], (page[-1] if len(ids) > count else None)
+
+    async def stream(self, stream_id: str) -> bytes | None:
+        found = self._records.get(stream_id)
+        return found[1] if found is not None and found[0] > self._now() else None
+
+    async def release_all(self, leases: Iterable[tuple[str, str]], streams: Iterable[str] = ()) -> None:
         for key, lease in leases:
             self._release(key, lease)
+        for stream_id in streams:
+            self._records.pop(stream_id, None)
 
     def _release(self, key: str, lease: str) -> None:
         leases = self._leases.get(key)

@@ -204,30 +204,73 @@ class RedisBackend:
         return await self._evalsha("admit", batch)
 
     async def finish(
-        self, key: str, lease: str | None, *, reserved: int, actual: int, limit: int, window: float
+        self,
+        key: str,
+        lease: str | None,
+        *,
+        reserved: int,
+        actual: int,
+        limit: int,
+        window: float,
+        stream: str | None = None,
     ) -> None:
-        zrems = [(self._key(key, "conc"), lease)] if lease is not None else []
+        prelude: list[tuple[Any, ...]] = []
+        if lease is not None:
+            prelude.append(("ZREM", self._key(key, "conc"), lease))
+        if stream is not None:
+            prelude += [("DEL", self._record_key(stream)), ("ZREM", self._index, stream)]
         calls = [([self._key(key, "tok")], [reserved, actual, limit, int(window * 1_000_000)])] if reserved else []
-        if zrems or calls:
-            for result in await self._evalsha("settle", calls, zrems=zrems):
+        if prelude or calls:
+            for result in await self._evalsha("settle", calls, prelude=prelude):
                 if isinstance(result, BackendUnavailable):
                     raise result
 
-    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+    async def assert_leases(
+        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+    ) -> None:
         by_key: dict[str, list[str]] = {}
         for key, lease in leases:
             by_key.setdefault(key, []).append(lease)
         ttl_ms = max(1, int(ttl * 1000))
+        # The registry's records expire with the leases: a replica that stops beating leaves neither behind.
+        prelude: list[tuple[Any, ...]] = []
+        for stream_id, record in records:
+            prelude += [("SET", self._record_key(stream_id), record, "PX", ttl_ms), ("ZADD", self._index, 0, stream_id)]
         # One call per principal, all of them in one round trip.
         calls = [([self._key(key, "conc")], [ttl_ms, *held]) for key, held in by_key.items()]
-        for result in await self._evalsha("assert", calls) if calls else []:
+        for result in await self._evalsha("assert", calls, prelude=prelude) if calls or prelude else []:
             if isinstance(result, BackendUnavailable):
                 raise result
 
+    async def streams(self, after: str | None, count: int) -> tuple[list[bytes], str | None]:
+        # The index holds every id once written; an id whose record has expired (its replica died) is dropped
+        # from it here, by the first reader that finds it gone.
+        try:
+            ids = await self._client().zrangebylex(self._index, f"({after}" if after else "-", "+", 0, count + 1)
+            page = [i.decode() if isinstance(i, bytes) else i for i in ids[:count]]
+            pipe = self._client().pipeline(transaction=False)
+            for stream_id in page:
+                pipe.get(self._record_key(stream_id))
+            found = await pipe.execute() if page else []
+            gone = [stream_id for stream_id, record in zip(page, found, strict=True) if record is None]
+            if gone:
+                await self._client().zrem(self._index, *gone)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return [r for r in found if r is not None], (page[-1] if len(ids) > count else None)
+
+    async def stream(self, stream_id: str) -> bytes | None:
+        try:
+            record = await self._client().get(self._record_key(stream_id))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return record.encode() if isinstance(record, str) else record
+
     async def _evalsha(
-        self, name: str, calls: list[tuple[list[str], list[Any]]], *, zrems: list[tuple[str, str]] | None = None
+        self, name: str, calls: list[tuple[list[str], list[Any]]], *, prelude: list[tuple[Any, ...]] | None = None
     ) -> list[Any]:
-        """Script `name` once per call, in one pipeline, with `zrems` in front; one result (or exception) per call.
+        """Script `name` once per call, in one pipeline, with the `prelude` commands in front; one result (or
+        exception) per call.
 
         EVALSHA is sent by hand: a pipeline of redis-py Script calls asks SCRIPT EXISTS first, a second round
         trip. Calls that find the script missing (a restarted Redis) are sent once more after loading it, and
@@ -235,12 +278,12 @@ class RedisBackend:
         self._client()  # registers the scripts
         script = self._scripts[name]
         pipe = self._client().pipeline(transaction=False)
-        for key, member in zrems or ():
-            pipe.zrem(key, member)
+        for command in prelude or ():
+            pipe.execute_command(*command)
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         try:
-            results = list(await pipe.execute(raise_on_error=False))[len(zrems or ()) :]
+            results = list(await pipe.execute(raise_on_error=False))[len(prelude or ()) :]
             missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
             if missing:
                 await self._client().script_load(script.script)
@@ -254,16 +297,27 @@ class RedisBackend:
             raise _unavailable(exc) from exc
         return [_unavailable(r) if isinstance(r, RedisError) else r for r in results]
 
-    async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
+    async def release_all(self, leases: Iterable[tuple[str, str]], streams: Iterable[str] = ()) -> None:
         pipe = self._client().pipeline(transaction=False)
         for key, lease in leases:
             pipe.zrem(self._key(key, "conc"), lease)
+        for stream_id in streams:
+            pipe.delete(self._record_key(stream_id))
+            pipe.zrem(self._index, stream_id)
         if not pipe.command_stack:
             return
         try:
             await pipe.execute()
         except RedisError as exc:
             raise _unavailable(exc) from exc
+
+    @property
+    def _index(self) -> str:
+        return f"{self._prefix}streams"
+
+    def _record_key(self, stream_id: str) -> str:
+        # Hash-tagged by the stream: its keys (the resume log too, later) share a Redis Cluster slot.
+        return f"{self._prefix}stream:{{{stream_id}}}"
 
     def _key(self, principal: str, kind: str) -> str:
         # One hash tag per principal: the keys one admission script touches share a Redis Cluster slot.

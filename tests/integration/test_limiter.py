@@ -106,11 +106,13 @@ class FailingOnce(MemoryBackend):
         self.beats = 0
         self.beaten = asyncio.Event()
 
-    async def assert_leases(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+    async def assert_leases(
+        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+    ) -> None:
         self.beats += 1
         if self.beats == 1:
             raise RuntimeError("unexpected reply")
-        await super().assert_leases(leases, ttl)
+        await super().assert_leases(leases, ttl, records)
         if self.beats >= 2:
             self.beaten.set()
 

@@ -1,0 +1,105 @@
+"""The registry of open streams: one record per stream, on every replica, readable from any of them.
+
+A replica keeps its own open streams here (what they are, how far they got, who watches them) and its heartbeat
+writes all of their records to the shared store in the same round trip as their leases, with the same TTL: a
+replica that dies (SIGKILL) stops beating, and its records expire with its leases. A record is removed from the
+store as part of the stream's own `finish`. Nothing here runs per token: a stream's counters are read when a
+record is made, at a beat.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from typing import Literal, Protocol
+
+import msgspec
+
+Api = Literal["chat", "openai"]
+State = Literal["starting", "streaming"]
+
+
+class Watcher(msgspec.Struct, frozen=True):
+    """A client connection attached to a stream."""
+
+    replica: str
+    transport: str  # "sse" (/chat/stream), "openai-sse" or "openai-json" (/v1/chat/completions)
+    since: float  # epoch seconds
+
+
+class StreamRecord(msgspec.Struct, frozen=True):
+    id: str
+    principal: str  # "key:<key id>" or "address": never a key, never an address
+    model: str
+    provider: str | None  # None until a target answered
+    upstream_model: str | None
+    api: Api
+    replica: str
+    started_at: float  # epoch seconds
+    first_token_at: float | None
+    tokens_out: int  # estimated from the text relayed so far (the provider's count comes at the end)
+    state: State
+    watchers: tuple[Watcher, ...]
+
+
+class Registered(Protocol):
+    """What an open stream tells the registry about itself."""
+
+    stream_id: str
+
+    def record(self, replica: str) -> StreamRecord: ...
+
+
+def public_principal(principal: str) -> str:
+    """The principal as a record shows it: a key's id, or only the kind for an address (personal data)."""
+    return principal if principal.startswith("key:") else "address"
+
+
+def estimated_tokens(chars: int) -> int:
+    return math.ceil(chars / 4)
+
+
+def replica_name() -> str:
+    """This process, as records and admin filters name it: host and pid (each worker process is a replica)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def epoch(monotonic: float) -> float:
+    """A `time.monotonic()` reading as epoch seconds, for records read on other machines."""
+    return round(time.time() - (time.monotonic() - monotonic), 3)
+
+
+class StreamRegistry:
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self._open: dict[str, Registered] = {}
+        self._written: set[str] = set()  # records a beat has put in the store
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, stream: Registered) -> None:
+        self._open[stream.stream_id] = stream
+
+    def discard(self, stream_id: str) -> bool:
+        """Forget a stream that ended; True if its record is in the store (so `finish` must remove it)."""
+        self._open.pop(stream_id, None)
+        if stream_id in self._written:
+            self._written.discard(stream_id)
+            return True
+        return False
+
+    def local(self, stream_id: str) -> Registered | None:
+        return self._open.get(stream_id)
+
+    def records(self) -> list[tuple[str, bytes]]:
+        """Every open stream's record, encoded, for the heartbeat to write."""
+        encoded = [(stream_id, msgspec.json.encode(s.record(self.replica))) for stream_id, s in self._open.items()]
+        self._written.update(stream_id for stream_id, _ in encoded)
+        return encoded
+
+
+def decode_record(raw: bytes) -> StreamRecord:
+    return msgspec.json.decode(raw, type=StreamRecord)
