@@ -11,6 +11,7 @@ from litestar.middleware.session.server_side import ServerSideSessionConfig
 from litestar.stores.base import Store
 from litestar.stores.redis import RedisStore
 
+from app.admin import AdminService
 from app.backends.base import Backend
 from app.backends.memory import MemoryBackend
 from app.backends.redis import RedisBackend
@@ -20,13 +21,14 @@ from app.limits import Limiter
 from app.logs import configure_logging
 from app.redaction import Redactor
 from app.registry import StreamRegistry, replica_name
+from app.routes.admin import admin_get_stream, admin_list_streams
 from app.routes.auth import close_session, open_session
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz, readyz
 from app.routes.openai import chat_completions, list_models
 from app.session_store import BoundedMemoryStore
 from app.sessions import SKIP_SESSION, SessionReader
-from app.settings import Settings, load_settings
+from app.settings import AuthSettings, Settings, load_settings
 from app.shutdown import ShutdownDrain
 from middleware.access import AccessPolicyMiddleware
 from middleware.auth import Authenticator
@@ -63,11 +65,13 @@ def create_app(settings: Settings) -> Litestar:
     )
     session_reader = SessionReader(sessions, required=bool(settings.auth.keys))
     drain = ShutdownDrain(settings.server.drain_seconds)
+    clients = Authenticator(settings.auth)
+    admin_service = AdminService(backend, Authenticator(AuthSettings(keys=settings.auth.admin_keys)), clients)
     chat_service = ChatService(
         settings,
         providers=providers,
         limiter=limiter,
-        auth=Authenticator(settings.auth),
+        auth=clients,
         sessions=session_reader,
         drain=drain,
         registry=registry,
@@ -78,6 +82,11 @@ def create_app(settings: Settings) -> Litestar:
 
     def provide_drain() -> ShutdownDrain:
         return drain
+
+    def provide_admin_service() -> AdminService:
+        return admin_service
+
+    admin_routes = [admin_list_streams, admin_get_stream] if settings.auth.admin_keys else []
 
     cors = settings.security.cors
     cors_config = (
@@ -104,12 +113,14 @@ def create_app(settings: Settings) -> Litestar:
             close_session,
             healthz,
             readyz,
+            *admin_routes,
         ],
         middleware=[sessions.middleware],
         stores={"sessions": _session_store(settings, backend)},
         dependencies={
             "chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True),
             "drain": Provide(provide_drain, sync_to_thread=False, use_cache=True),
+            "admin_service": Provide(provide_admin_service, sync_to_thread=False, use_cache=True),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,

@@ -72,7 +72,7 @@ def configured_secrets(settings: Settings) -> list[str]:
             found.append(provider.api_key.get_secret_value())
         found.extend(provider.headers.values())  # custom headers often carry credentials (x-goog-api-key ...)
         found.extend(_url_password(provider.base_url))
-    for key in settings.auth.keys:
+    for key in (*settings.auth.keys, *settings.auth.admin_keys):
         if key.key is not None:
             found.append(key.key.get_secret_value())
     found.extend(_url_password(settings.state.redis_url))

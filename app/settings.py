@@ -121,6 +121,16 @@ class AuthSettings(_Frozen):
 
     keys: tuple[ApiKeySettings, ...] = ()
     open: bool = Field(default=False, description="with no keys, serve every client, not only loopback ones")
+    admin_keys: tuple[ApiKeySettings, ...] = Field(
+        default=(), description="keys of the admin API (/admin/*), never client keys; with none, /admin is 404"
+    )
+
+    @model_validator(mode="after")
+    def _admin_keys_are_not_client_keys(self) -> AuthSettings:
+        client_ids = {k.id for k in self.keys}
+        if shared := sorted(client_ids & {k.id for k in self.admin_keys}):
+            raise ValueError(f"auth.admin_keys: ids {shared} are also client keys (auth.keys); give them other ids")
+        return self
 
 
 class SessionSettings(_Frozen):

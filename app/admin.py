@@ -1,0 +1,77 @@
+"""The admin API's service: who may use it (admin keys only) and the registry of open streams, across replicas.
+
+Admin keys are their own list (`auth.admin_keys`): a client key never opens `/admin`, and with no admin key
+configured the routes are not mounted at all (404), so a deployment that does not use them exposes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from app.backends.base import Backend, BackendUnavailable
+from app.errors import Forbidden, InvalidRequest, LimitsUnavailable, RouteNotFound, Unauthorized
+from app.registry import StreamRecord, decode_record
+from middleware.auth import Authenticator, presented_key
+
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_PAGE = 500
+_SCAN_PAGES = 20  # a filtered listing reads at most this many pages of the index per request
+
+
+class AdminService:
+    def __init__(self, backend: Backend, admins: Authenticator, clients: Authenticator) -> None:
+        self._backend = backend
+        self._admins = admins
+        self._clients = clients
+
+    def authorize(self, headers: Mapping[str, str]) -> str:
+        """The admin key's id; 401 for no key or a wrong one, 403 for a client key."""
+        presented = presented_key(headers)
+        if presented is None:
+            raise Unauthorized("an admin key is required: Authorization: Bearer <admin key>")
+        admin = self._admins.check(presented)
+        if admin is not None:
+            return admin.key_id
+        if self._clients.check(presented) is not None:
+            raise Forbidden("a client key may not use the admin API")
+        raise Unauthorized("the admin key is not valid")
+
+    async def streams(
+        self, *, principal: str | None, model: str | None, replica: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[StreamRecord], str | None]:
+        """Open streams on every replica, in id order after `cursor`, filtered; and the cursor of the next page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}", field="limit", status=400)
+        if cursor is not None and not STREAM_ID.fullmatch(cursor):
+            raise InvalidRequest("cursor is not one this API gave", field="cursor", status=400)
+        found: list[StreamRecord] = []
+        after = cursor
+        for _ in range(_SCAN_PAGES):
+            try:
+                raw, after = await self._backend.streams(after, max(limit, 100))
+            except BackendUnavailable as exc:
+                raise LimitsUnavailable("the stream registry is unavailable; try again shortly", retry_after=1) from exc
+            for record in map(decode_record, raw):
+                if (
+                    (principal is None or record.principal == principal)
+                    and (model is None or record.model == model)
+                    and (replica is None or record.replica == replica)
+                ):
+                    found.append(record)
+            if after is None or len(found) >= limit:
+                break
+        if len(found) > limit:
+            found, after = found[:limit], found[limit - 1].id
+        return found, after
+
+    async def stream(self, stream_id: str) -> StreamRecord:
+        if not STREAM_ID.fullmatch(stream_id):
+            raise InvalidRequest("not a stream id", field="stream_id", status=400)
+        try:
+            raw = await self._backend.stream(stream_id)
+        except BackendUnavailable as exc:
+            raise LimitsUnavailable("the stream registry is unavailable; try again shortly", retry_after=1) from exc
+        if raw is None:
+            raise RouteNotFound(f"no open stream {stream_id!r}")
+        return decode_record(raw)
