@@ -6,22 +6,31 @@ configured the routes are not mounted at all (404), so a deployment that does no
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
+from typing import Any
+
+import msgspec
 
 from app.backends.base import Backend, BackendUnavailable
 from app.errors import Forbidden, InvalidRequest, LimitsUnavailable, RouteNotFound, Unauthorized
-from app.registry import StreamRecord, decode_record
+from app.registry import StopReason, StreamRecord, StreamRegistry, decode_record, owner_digest
 from middleware.auth import Authenticator, presented_key
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_PAGE = 500
+STOP_WAIT_SECONDS = 2.0  # a DELETE answers 200 if the stream ended within this, else 202
+STOP_POLL_SECONDS = 0.02
 _SCAN_PAGES = 20  # a filtered listing reads at most this many pages of the index per request
 
 
 class AdminService:
-    def __init__(self, backend: Backend, admins: Authenticator, clients: Authenticator) -> None:
+    def __init__(
+        self, backend: Backend, registry: StreamRegistry, admins: Authenticator, clients: Authenticator
+    ) -> None:
         self._backend = backend
+        self._registry = registry
         self._admins = admins
         self._clients = clients
 
@@ -75,3 +84,35 @@ class AdminService:
         if raw is None:
             raise RouteNotFound(f"no open stream {stream_id!r}")
         return decode_record(raw)
+
+    async def stop(self, stream_id: str, reason: StopReason, *, owner: str | None = None) -> tuple[bool, StreamRecord]:
+        """Stop a stream on whichever replica runs it: whether it ended within `STOP_WAIT_SECONDS`, and its
+        record. With `owner` (a client stopping its own), another principal's stream is 404, like an unknown one."""
+        record = await self.stream(stream_id)
+        stream_id = record.id
+        if owner is not None and record.owner != owner_digest(owner):
+            raise RouteNotFound(f"no open stream {stream_id!r}")
+        if record.replica == self._registry.replica:
+            self._registry.stop(stream_id, reason)
+            return await self._registry.ended(stream_id, STOP_WAIT_SECONDS), record
+        try:
+            await self._backend.request_cancel(stream_id, record.replica, reason)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_WAIT_SECONDS
+            # The other replica's stream ends there; here, its record's removal is what tells.
+            while loop.time() < deadline:
+                if await self._backend.stream(stream_id) is None:
+                    return True, record
+                await asyncio.sleep(STOP_POLL_SECONDS)
+        except BackendUnavailable as exc:
+            raise LimitsUnavailable("the stream registry is unavailable; try again shortly", retry_after=1) from exc
+        return False, record
+
+
+def shown(record: StreamRecord, *, state: str | None = None) -> dict[str, Any]:
+    """A record as the API shows it: without its owner digest."""
+    out: dict[str, Any] = msgspec.to_builtins(record)
+    out.pop("owner", None)
+    if state is not None:
+        out["state"] = state
+    return out

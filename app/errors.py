@@ -82,6 +82,13 @@ class RouteNotFound(CallerError):
     code = "not_found"
 
 
+class StreamCancelled(CallerError):
+    """The stream was stopped by an operator or by its own client (DELETE), not by a failure."""
+
+    status = 409
+    code = "cancelled"
+
+
 class MethodNotAllowed(CallerError):
     status = 405
     code = "method_not_allowed"

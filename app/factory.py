@@ -21,9 +21,9 @@ from app.limits import Limiter
 from app.logs import configure_logging
 from app.redaction import Redactor
 from app.registry import StreamRegistry, replica_name
-from app.routes.admin import admin_get_stream, admin_list_streams
+from app.routes.admin import admin_get_stream, admin_list_streams, admin_stop_stream
 from app.routes.auth import close_session, open_session
-from app.routes.chat import chat_stream_get, chat_stream_post
+from app.routes.chat import chat_stream_get, chat_stream_post, stop_own_stream
 from app.routes.health import healthz, readyz
 from app.routes.openai import chat_completions, list_models
 from app.session_store import BoundedMemoryStore
@@ -38,6 +38,7 @@ from providers.registry import ProviderRegistry
 
 EXPOSED_HEADERS = (
     "x-request-id",
+    "x-tokenrelay-stream-id",
     "x-tokenrelay-provider",
     "x-tokenrelay-model",
     "retry-after",
@@ -66,7 +67,7 @@ def create_app(settings: Settings) -> Litestar:
     session_reader = SessionReader(sessions, required=bool(settings.auth.keys))
     drain = ShutdownDrain(settings.server.drain_seconds)
     clients = Authenticator(settings.auth)
-    admin_service = AdminService(backend, Authenticator(AuthSettings(keys=settings.auth.admin_keys)), clients)
+    admin_service = AdminService(backend, registry, Authenticator(AuthSettings(keys=settings.auth.admin_keys)), clients)
     chat_service = ChatService(
         settings,
         providers=providers,
@@ -86,7 +87,7 @@ def create_app(settings: Settings) -> Litestar:
     def provide_admin_service() -> AdminService:
         return admin_service
 
-    admin_routes = [admin_list_streams, admin_get_stream] if settings.auth.admin_keys else []
+    admin_routes = [admin_list_streams, admin_get_stream, admin_stop_stream] if settings.auth.admin_keys else []
 
     cors = settings.security.cors
     cors_config = (
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             chat_stream_get,
             chat_stream_post,
+            stop_own_stream,
             chat_completions,
             list_models,
             open_session,
@@ -144,7 +146,12 @@ def create_app(settings: Settings) -> Litestar:
 def _backend(settings: Settings) -> Backend:
     state = settings.state
     if state.redis_url:
-        return RedisBackend(state.redis_url, key_prefix=state.key_prefix, timeout=state.redis_timeout_seconds)
+        return RedisBackend(
+            state.redis_url,
+            key_prefix=state.key_prefix,
+            timeout=state.redis_timeout_seconds,
+            cancel_messages=state.cancel_messages,
+        )
     return MemoryBackend()
 
 

@@ -18,7 +18,7 @@ import time
 from app.backends.base import Ask, Backend, BackendUnavailable, Decision, LimitName
 from app.backends.memory import MemoryBackend
 from app.errors import LimitsUnavailable, RateLimited
-from app.registry import StreamRegistry
+from app.registry import StopReason, StreamRegistry
 from app.settings import KeyLimitSettings, LimitSettings
 
 logger = logging.getLogger("tokenrelay.limits")
@@ -69,6 +69,7 @@ class Admission:
         )
 
 
+_STOP_REASONS: dict[str, StopReason] = {"admin": "admin", "client": "client"}  # what another replica may ask
 HEARTBEAT_SECONDS = 2.0  # at most: the registry's records are this fresh; leases need only a third of their TTL
 
 
@@ -87,6 +88,7 @@ class Limiter:
         # good beat, or forgotten after a TTL, when the store has expired them by itself.
         self._orphans: dict[tuple[str, str], float] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._cancels: asyncio.Task[None] | None = None  # hears this replica's cancel messages
         self.fallback_decisions = 0  # decisions made locally because the shared store failed
         self._mean_stream_seconds: float | None = None  # how long this process's streams last (moving average)
         self._per_key: dict[KeyLimitSettings, LimitSettings] = {}  # one entry per configured key's overrides
@@ -107,13 +109,21 @@ class Limiter:
             logger.error("%s; limited requests get 503 until it answers (fail_closed)", problem)
         elif problem is not None:
             logger.warning("%s; limits are decided in this process until it answers (fail_open)", problem)
-        self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
+        loop = asyncio.get_running_loop()
+        self._heartbeat = loop.create_task(self._renew_leases())
+        if self._registry is not None:
+            self._cancels = loop.create_task(self._backend.hear_cancels(self._registry.replica, self._on_cancel))
+
+    def _on_cancel(self, stream_id: str, reason: str) -> None:
+        if self._registry is not None and reason in _STOP_REASONS:
+            self._registry.stop(stream_id, _STOP_REASONS[reason])
 
     async def aclose(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._cancels):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._backend.aclose()
 
     async def check_request(
@@ -269,7 +279,8 @@ class Limiter:
         records = self._registry.records() if self._registry is not None else []
         try:
             if held or records:
-                await self._backend.assert_leases(held, ttl, records)
+                for stream_id, reason in await self._backend.assert_leases(held, ttl, records):
+                    self._on_cancel(stream_id, reason)
             elif self._fallback is not None:
                 await self._backend.ping()
         except BackendUnavailable:

@@ -9,6 +9,8 @@ record is made, at a beat.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import math
 import os
 import socket
@@ -42,19 +44,31 @@ class StreamRecord(msgspec.Struct, frozen=True):
     tokens_out: int  # estimated from the text relayed so far (the provider's count comes at the end)
     state: State
     watchers: tuple[Watcher, ...]
+    # Whose stream it is, as a digest of the principal: lets its own client stop it without the record
+    # showing an address. Not shown by the admin API.
+    owner: str = ""
+
+
+StopReason = Literal["server_shutdown", "admin", "client"]
 
 
 class Registered(Protocol):
-    """What an open stream tells the registry about itself."""
+    """What an open stream tells the registry about itself, and how it is stopped."""
 
     stream_id: str
 
     def record(self, replica: str) -> StreamRecord: ...
 
+    def stop(self, reason: StopReason) -> bool: ...
+
 
 def public_principal(principal: str) -> str:
     """The principal as a record shows it: a key's id, or only the kind for an address (personal data)."""
     return principal if principal.startswith("key:") else "address"
+
+
+def owner_digest(principal: str) -> str:
+    return hashlib.sha256(principal.encode()).hexdigest()[:32]
 
 
 def estimated_tokens(chars: int) -> int:
@@ -76,6 +90,7 @@ class StreamRegistry:
         self.replica = replica
         self._open: dict[str, Registered] = {}
         self._written: set[str] = set()  # records a beat has put in the store
+        self._ending: dict[str, asyncio.Event] = {}  # streams someone waits to see end
 
     def __len__(self) -> int:
         return len(self._open)
@@ -86,6 +101,8 @@ class StreamRegistry:
     def discard(self, stream_id: str) -> bool:
         """Forget a stream that ended; True if its record is in the store (so `finish` must remove it)."""
         self._open.pop(stream_id, None)
+        if (ending := self._ending.pop(stream_id, None)) is not None:
+            ending.set()
         if stream_id in self._written:
             self._written.discard(stream_id)
             return True
@@ -93,6 +110,23 @@ class StreamRegistry:
 
     def local(self, stream_id: str) -> Registered | None:
         return self._open.get(stream_id)
+
+    def stop(self, stream_id: str, reason: StopReason) -> bool:
+        """Stop a stream of this replica; False if it is not here (or ending already)."""
+        stream = self._open.get(stream_id)
+        return stream is not None and stream.stop(reason)
+
+    async def ended(self, stream_id: str, seconds: float) -> bool:
+        """Whether this replica's stream `stream_id` has ended within `seconds`."""
+        if stream_id not in self._open:
+            return True
+        ending = self._ending.setdefault(stream_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(seconds):
+                await ending.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def records(self) -> list[tuple[str, bytes]]:
         """Every open stream's record, encoded, for the heartbeat to write."""

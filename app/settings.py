@@ -150,6 +150,9 @@ class StateSettings(_Frozen):
     redis_url: str = ""
     key_prefix: str = "tokenrelay:"
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    cancel_messages: bool = Field(
+        default=True, description="false (tests): a cancel reaches its replica only through the heartbeat's flag"
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -30,10 +30,20 @@ from typing import Protocol
 
 from litestar.types import Receive, Scope, Send
 
-from app.errors import InternalError, ProxyError, UpstreamError, error_body
+from app.errors import InternalError, ProxyError, StreamCancelled, UpstreamError, error_body
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame, Usage
 from app.limits import Admission
-from app.registry import Api, StreamRecord, StreamRegistry, Watcher, epoch, estimated_tokens, public_principal
+from app.registry import (
+    Api,
+    StopReason,
+    StreamRecord,
+    StreamRegistry,
+    Watcher,
+    epoch,
+    estimated_tokens,
+    owner_digest,
+    public_principal,
+)
 from app.shutdown import FINAL_WRITE_SECONDS, ShutdownDrain, shutdown_error
 from providers.base import ChatRequest, Delta, TokenUsage
 from providers.registry import Route, Target
@@ -101,6 +111,7 @@ class StreamRun:
         "_served_by",
         "_shutdown",
         "_started",
+        "_stop_reason",
         "_target",
         "_task",
         "_transport",
@@ -147,7 +158,8 @@ class StreamRun:
         self._response_started = False
         self._ended = False
         self._client_left = False
-        self._shutdown = False
+        self._shutdown = False  # stopped from outside: a shutdown, an admin or the client's own DELETE
+        self._stop_reason: StopReason = "server_shutdown"
         self._writes = 0
         self._last_write = 0.0
         self._last_yield = 0.0
@@ -219,26 +231,37 @@ class StreamRun:
             tokens_out=estimated_tokens(self._completion_chars),
             state="starting" if first is None else "streaming",
             watchers=(Watcher(replica, self._transport, epoch(self._started)),),
+            owner=owner_digest(principal),
         )
 
     def stop_for_shutdown(self) -> None:
         """End the stream now: the drain time is over (cancels the run wherever it waits, like a disconnect)."""
+        self.stop("server_shutdown")
+
+    def stop(self, reason: StopReason) -> bool:
+        """End the stream with one `cancel` frame for `reason` (cancelling the run wherever it waits, which
+        closes the upstream); False if it has ended or is stopping already."""
         if self._ended or self._shutdown or self._task is None:
-            return
+            return False
         self._shutdown = True
+        self._stop_reason = reason
         self._task.cancel()
+        return True
 
     async def _end_for_shutdown(self) -> None:
         self._ended = True
-        self._outcome = "server_shutdown"
-        error = shutdown_error()
+        reason = self._stop_reason
+        shutdown = reason == "server_shutdown"
+        self._outcome = reason if shutdown else "cancelled"
+        error: ProxyError = shutdown_error() if shutdown else StreamCancelled(f"the stream was stopped ({reason})")
         try:
             async with asyncio.timeout(FINAL_WRITE_SECONDS):
                 if self._committing is not None and not self._committed:
                     await asyncio.shield(self._committing)  # the 200 is on its way: end the stream it starts
                 if self._committed:
-                    frame = CancelFrame(reason="server_shutdown", retryable=True)
-                    retry_ms = random.randint(*SHUTDOWN_RETRY_MS)  # noqa: S311 - jitter, not a secret
+                    frame = CancelFrame(reason=reason, retryable=shutdown)
+                    # A stopped replica's clients come back soon, at a random moment; a stopped stream does not.
+                    retry_ms = random.randint(*SHUTDOWN_RETRY_MS) if shutdown else None  # noqa: S311 - jitter
                     await self._write(self._encoder.cancel(frame, self._error_frame(error), retry_ms), more=False)
                 elif not self._response_started:
                     await self._refuse(error)
@@ -359,6 +382,7 @@ class StreamRun:
         return [
             *self._encoder.headers,
             *self._limit_headers(),
+            (b"x-tokenrelay-stream-id", self.stream_id.encode()),  # what DELETE /chat/streams/{id} takes
             (b"x-tokenrelay-provider", target.provider_name.encode()),
             (b"x-tokenrelay-model", target.upstream_model.encode()),
         ]

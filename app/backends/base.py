@@ -17,7 +17,7 @@ removed by `finish`; `streams` and `stream` read them, from any replica.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -82,9 +82,18 @@ class Backend(Protocol):
 
     async def assert_leases(
         self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         """Hold each `(key, lease)` for `ttl` seconds more, adding back any the store lost, and write each
-        `(stream_id, record)` of the registry to expire after `ttl` (one round trip for all)."""
+        `(stream_id, record)` of the registry to expire after `ttl` (one round trip for all). Returns the
+        `(stream_id, reason)` of those records' streams that another replica asked to stop."""
+        ...
+
+    async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:
+        """Ask the replica that runs `stream_id` to stop it (a message, and a flag its heartbeat reads)."""
+        ...
+
+    async def hear_cancels(self, replica: str, on_cancel: Callable[[str, str], None]) -> None:
+        """Call `on_cancel(stream_id, reason)` for each cancel sent to `replica`, until cancelled."""
         ...
 
     async def release_all(self, leases: Iterable[tuple[str, str]], streams: Iterable[str] = ()) -> None:

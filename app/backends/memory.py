@@ -120,12 +120,19 @@ class MemoryBackend:
 
     async def assert_leases(
         self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         expiry = self._now() + ttl
         for key, lease in leases:
             self._leases.setdefault(key, {})[lease] = expiry
         for stream_id, record in records:
             self._records[stream_id] = (expiry, record)
+        return []  # one process: a cancel reaches its stream directly, never through a flag
+
+    async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:
+        return None  # one process: every stream is local
+
+    async def hear_cancels(self, replica: str, on_cancel: Callable[[str, str], None]) -> None:
+        return None
 
     async def streams(self, after: str | None, count: int) -> tuple[list[bytes], str | None]:
         now = self._now()

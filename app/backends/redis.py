@@ -12,7 +12,8 @@ back is already exact; time-outs are not retried, since the first attempt may ha
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app.backends.base import Ask, BackendUnavailable, Decision, LimitName, Verdict
 from app.backends.coalesce import Coalescer
 
+CANCEL_FLAG_MS = 60_000  # longer than any heartbeat interval: the owner reads it at least once
 _REFUSALS: tuple[LimitName | None, ...] = (None, "requests_per_minute", "concurrent_streams", "tokens_per_minute")
 
 # GCRA with integer microseconds from Redis TIME. KEYS[1]; ARGV: cost, limit, window_us. Returns allowed,
@@ -134,7 +136,13 @@ return 1
 
 class RedisBackend:
     def __init__(
-        self, url: str, *, key_prefix: str = "tokenrelay:", timeout: float = 0.5, max_connections: int = 64
+        self,
+        url: str,
+        *,
+        key_prefix: str = "tokenrelay:",
+        timeout: float = 0.5,
+        max_connections: int = 64,
+        cancel_messages: bool = True,
     ) -> None:
         self._url = url
         self._prefix = key_prefix
@@ -143,6 +151,8 @@ class RedisBackend:
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._admissions: Coalescer[tuple[list[str], list[Any]], Any] = Coalescer(self._admit_batch)
+        # False only in tests: cancels then reach their replica through the heartbeat's flags alone.
+        self.cancel_messages = cancel_messages
 
     @property
     def client(self) -> aioredis.Redis:
@@ -227,20 +237,54 @@ class RedisBackend:
 
     async def assert_leases(
         self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         by_key: dict[str, list[str]] = {}
         for key, lease in leases:
             by_key.setdefault(key, []).append(lease)
         ttl_ms = max(1, int(ttl * 1000))
         # The registry's records expire with the leases: a replica that stops beating leaves neither behind.
+        # Each record's cancel flag is read in the same round trip: the fallback when a pub/sub message was lost.
         prelude: list[tuple[Any, ...]] = []
+        ids = [stream_id for stream_id, _ in records]
         for stream_id, record in records:
             prelude += [("SET", self._record_key(stream_id), record, "PX", ttl_ms), ("ZADD", self._index, 0, stream_id)]
+        prelude += [("GET", self._cancel_key(stream_id)) for stream_id in ids]
         # One call per principal, all of them in one round trip.
         calls = [([self._key(key, "conc")], [ttl_ms, *held]) for key, held in by_key.items()]
-        for result in await self._evalsha("assert", calls, prelude=prelude) if calls or prelude else []:
+        answers: list[Any] = []
+        for result in (
+            await self._evalsha("assert", calls, prelude=prelude, answers=answers) if calls or prelude else []
+        ):
             if isinstance(result, BackendUnavailable):
                 raise result
+        flags = answers[2 * len(ids) :]
+        return [(i, _text(flag)) for i, flag in zip(ids, flags, strict=True) if isinstance(flag, bytes | str)]
+
+    async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:
+        """Ask `replica` to stop `stream_id`: a message on its channel, and a flag its next heartbeat reads."""
+        pipe = self._client().pipeline(transaction=False)
+        pipe.set(self._cancel_key(stream_id), reason, px=CANCEL_FLAG_MS)
+        if self.cancel_messages:
+            pipe.publish(self._channel(replica), f"{stream_id} {reason}")
+        try:
+            await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def hear_cancels(self, replica: str, on_cancel: Callable[[str, str], None]) -> None:
+        """Run `on_cancel(stream_id, reason)` for each cancel sent to `replica`, until cancelled. A lost
+        connection is retried; what is said meanwhile reaches the replica through the flags."""
+        while True:
+            pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel(replica))
+                async for message in pubsub.listen():
+                    stream_id, _, reason = _text(message["data"]).partition(" ")
+                    on_cancel(stream_id, reason)
+            except RedisError:
+                await asyncio.sleep(1)  # Redis is away: the heartbeat logs it; try again shortly
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
     async def streams(self, after: str | None, count: int) -> tuple[list[bytes], str | None]:
         # The index holds every id once written; an id whose record has expired (its replica died) is dropped
@@ -267,10 +311,15 @@ class RedisBackend:
         return record.encode() if isinstance(record, str) else record
 
     async def _evalsha(
-        self, name: str, calls: list[tuple[list[str], list[Any]]], *, prelude: list[tuple[Any, ...]] | None = None
+        self,
+        name: str,
+        calls: list[tuple[list[str], list[Any]]],
+        *,
+        prelude: list[tuple[Any, ...]] | None = None,
+        answers: list[Any] | None = None,
     ) -> list[Any]:
         """Script `name` once per call, in one pipeline, with the `prelude` commands in front; one result (or
-        exception) per call.
+        exception) per call, and the prelude's replies appended to `answers` if given.
 
         EVALSHA is sent by hand: a pipeline of redis-py Script calls asks SCRIPT EXISTS first, a second round
         trip. Calls that find the script missing (a restarted Redis) are sent once more after loading it, and
@@ -283,7 +332,10 @@ class RedisBackend:
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         try:
-            results = list(await pipe.execute(raise_on_error=False))[len(prelude or ()) :]
+            replies = list(await pipe.execute(raise_on_error=False))
+            results = replies[len(prelude or ()) :]
+            if answers is not None:
+                answers += replies[: len(prelude or ())]
             missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
             if missing:
                 await self._client().script_load(script.script)
@@ -315,6 +367,12 @@ class RedisBackend:
     def _index(self) -> str:
         return f"{self._prefix}streams"
 
+    def _cancel_key(self, stream_id: str) -> str:
+        return f"{self._prefix}stream:{{{stream_id}}}:cancel"
+
+    def _channel(self, replica: str) -> str:
+        return f"{self._prefix}cancel:{replica}"
+
     def _record_key(self, stream_id: str) -> str:
         # Hash-tagged by the stream: its keys (the resume log too, later) share a Redis Cluster slot.
         return f"{self._prefix}stream:{{{stream_id}}}"
@@ -332,6 +390,10 @@ class RedisBackend:
 
     def _client(self) -> aioredis.Redis:
         return self.client
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _unavailable(exc: RedisError) -> BackendUnavailable:

@@ -1,4 +1,5 @@
-"""The admin API: `GET /admin/streams` (every replica's open streams) and `GET /admin/streams/{id}`.
+"""The admin API: `GET /admin/streams` (every replica's open streams), `GET /admin/streams/{id}` and
+`DELETE /admin/streams/{id}` (stop it, wherever it runs).
 
 Mounted only when `auth.admin_keys` has a key; each handler checks the admin key first.
 """
@@ -7,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-from litestar import Request, get
+from litestar import Request, Response, delete, get
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 
-from app.admin import AdminService
+from app.admin import AdminService, shown
 from app.sessions import SKIP_SESSION
 
 
@@ -31,15 +32,28 @@ async def admin_list_streams(
         limit=limit,
         cursor=query.get("cursor"),
     )
-    return {"object": "list", "data": [msgspec.to_builtins(r) for r in records], "next_cursor": cursor}
+    return {"object": "list", "data": [shown(r) for r in records], "next_cursor": cursor}
 
 
 @get("/admin/streams/{stream_id:str}", opt={SKIP_SESSION: True})
 async def admin_get_stream(
     request: Request[Any, Any, Any],
     admin_service: NamedDependency[AdminService],
-    stream_id: str,
+    stream_id: FromPath[str],
 ) -> dict[str, Any]:
     admin_service.authorize(request.headers)
-    result: dict[str, Any] = msgspec.to_builtins(await admin_service.stream(stream_id))
-    return result
+    return shown(await admin_service.stream(stream_id))
+
+
+@delete("/admin/streams/{stream_id:str}", status_code=200, opt={SKIP_SESSION: True})
+async def admin_stop_stream(
+    request: Request[Any, Any, Any],
+    admin_service: NamedDependency[AdminService],
+    stream_id: FromPath[str],
+) -> Response[dict[str, Any]]:
+    """Stop a stream on any replica: 200 and its final record if it ended within 2 s, else 202."""
+    admin_service.authorize(request.headers)
+    ended, record = await admin_service.stop(stream_id, "admin")
+    if ended:
+        return Response(shown(record, state="cancelled"), status_code=200)
+    return Response(shown(record), status_code=202)

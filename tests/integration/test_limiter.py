@@ -108,13 +108,14 @@ class FailingOnce(MemoryBackend):
 
     async def assert_leases(
         self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         self.beats += 1
         if self.beats == 1:
             raise RuntimeError("unexpected reply")
-        await super().assert_leases(leases, ttl, records)
+        flags = await super().assert_leases(leases, ttl, records)
         if self.beats >= 2:
             self.beaten.set()
+        return flags
 
 
 async def test_the_heartbeat_survives_an_unexpected_failure(logs: RecordCollector) -> None:
