@@ -119,10 +119,13 @@ async def test_a_lost_cancel_message_is_made_up_by_the_heartbeat(tmp_path: Path,
         upstream.stop()
 
 
-async def test_a_client_stops_its_own_stream_over_its_session(tmp_path: Path, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_client_stops_its_own_stream_over_its_session(
+    tmp_path: Path, redis_server: RedisServer, backend: str
+) -> None:
     upstream = FakeUpstream().start()
     try:
-        with serve(config(tmp_path, upstream, redis_server.url)) as (base, _):
+        with serve(config(tmp_path, upstream, redis_server.url if backend == "redis" else "")) as (base, _):
             async with httpx.AsyncClient(timeout=10) as browser, httpx.AsyncClient(timeout=10) as stranger:
                 login = await browser.post(f"{base}/auth/session", json={"api_key": CLIENT_KEY})
                 assert login.status_code in (200, 201, 204), login.text

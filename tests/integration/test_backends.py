@@ -230,3 +230,30 @@ async def test_admissions_after_the_scripts_were_flushed_run_once_each(redis_ser
         assert (await backend.admit("p", "s4", Ask(requests=10))).remaining == 5
     finally:
         await backend.aclose()
+
+
+async def test_registry_records_are_written_by_the_heartbeat_and_removed_by_finish(store: Store) -> None:
+    backend = store.backend
+    assert await backend.streams(None, 10) == ([], None)
+    records = [(f"s{i}", f'{{"id":"s{i}"}}'.encode()) for i in range(5)]
+    await backend.assert_leases([], 30, records)
+    assert await backend.stream("s3") == b'{"id":"s3"}'
+    page, cursor = await backend.streams(None, 2)
+    assert (page, cursor) == ([b'{"id":"s0"}', b'{"id":"s1"}'], "s1")
+    rest, end = await backend.streams(cursor, 10)
+    assert (len(rest), end) == (3, None)
+    await backend.finish("ip:1", None, reserved=0, actual=0, limit=0, window=60, stream="s3")
+    await backend.release_all([], ["s4"])
+    assert await backend.stream("s3") is None
+    assert [r for r in (await backend.streams(None, 10))[0]] == [b'{"id":"s0"}', b'{"id":"s1"}', b'{"id":"s2"}']
+
+
+async def test_registry_records_expire_with_their_ttl_unless_a_beat_renews_them(store: Store) -> None:
+    backend = store.backend
+    await backend.assert_leases([], 0.3, [("kept", b"k"), ("dropped", b"d")])
+    await store.advance(0.15)
+    await backend.assert_leases([], 0.3, [("kept", b"k")])  # only the live one is beaten again
+    await store.advance(0.25)
+    assert await backend.stream("dropped") is None
+    assert await backend.stream("kept") == b"k"
+    assert (await backend.streams(None, 10))[0] == [b"k"]  # a reader drops the expired id from the index
