@@ -13,6 +13,7 @@ back is already exact; time-outs are not retried, since the first attempt may ha
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +27,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.backends.base import Ask, BackendUnavailable, Decision, LimitName, Verdict
 from app.backends.coalesce import Coalescer
+
+logger = logging.getLogger("tokenrelay.redis")
 
 CANCEL_FLAG_MS = 60_000  # longer than any heartbeat interval: the owner reads it at least once
 _REFUSALS: tuple[LimitName | None, ...] = (None, "requests_per_minute", "concurrent_streams", "tokens_per_minute")
@@ -283,6 +286,10 @@ class RedisBackend:
                     on_cancel(stream_id, reason)
             except RedisError:
                 await asyncio.sleep(1)  # Redis is away: the heartbeat logs it; try again shortly
+            except Exception:
+                # Never let the listener die: cancels would then wait for the heartbeat's flags.
+                logger.exception("cancel listener failed; it listens again in 1 s")
+                await asyncio.sleep(1)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
