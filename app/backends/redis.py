@@ -6,8 +6,11 @@ can apply its fail-open or fail-closed policy instead of hanging a request.
 
 A restarted Redis (or a failover, or a NAT that forgot the connection) leaves every pooled connection dead, and
 often nothing on the connection says so until a command is written to it. A command that fails with a connection
-error is therefore sent once more on a fresh connection (redis-py's `Retry`), so the first decision after Redis is
-back is already exact; time-outs are not retried, since the first attempt may have run.
+error is therefore sent once more on a fresh connection, so the first decision after Redis is back is already
+exact; time-outs are not retried, since the first attempt may have run.
+
+The commands of every stream (admission, its end, the heartbeat) share one pipelined connection
+(`app/backends/resp.py`); the rest (sessions, cancels, the admin API) use redis-py's pool, with its `Retry`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.backends.base import Ask, BackendUnavailable, Decision, LimitName, Verdict
 from app.backends.coalesce import Coalescer
+from app.backends.resp import RespConnection
 
 logger = logging.getLogger("tokenrelay.redis")
 
@@ -154,6 +158,8 @@ class RedisBackend:
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._admissions: Coalescer[tuple[list[str], list[Any]], Any] = Coalescer(self._admit_batch)
+        # Admission, a stream's end and the heartbeat: every caller pipelined on one connection.
+        self._pipe = RespConnection(url, timeout=timeout)
         # False only in tests: cancels then reach their replica through the heartbeat's flags alone.
         self.cancel_messages = cancel_messages
 
@@ -187,6 +193,7 @@ class RedisBackend:
             raise BackendUnavailable(f"Redis at {redacted_url(self._url)}: {exc}") from exc
 
     async def aclose(self) -> None:
+        await self._pipe.aclose()
         if self._redis is not None:
             await self._redis.aclose()
             await self._redis.connection_pool.disconnect()
@@ -333,24 +340,17 @@ class RedisBackend:
         only those: the others have run."""
         self._client()  # registers the scripts
         script = self._scripts[name]
-        pipe = self._client().pipeline(transaction=False)
-        for command in prelude or ():
-            pipe.execute_command(*command)
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        head = list(prelude or ())
         try:
-            replies = list(await pipe.execute(raise_on_error=False))
-            results = replies[len(prelude or ()) :]
+            replies = await self._pipe.execute([*head, *(("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls)])
+            results = replies[len(head) :]
             if answers is not None:
-                answers += replies[: len(prelude or ())]
+                answers += replies[: len(head)]
             missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
             if missing:
-                await self._client().script_load(script.script)
-                pipe = self._client().pipeline(transaction=False)
-                for i in missing:
-                    keys, args = calls[i]
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                retry = [("EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in missing]
+                load = await self._pipe.execute([("SCRIPT", "LOAD", script.script), *retry])
+                for i, result in zip(missing, load[1:], strict=True):
                     results[i] = result
         except RedisError as exc:
             raise _unavailable(exc) from exc
