@@ -279,7 +279,8 @@ class Limiter:
         records = self._registry.records() if self._registry is not None else []
         try:
             if held or records:
-                for stream_id, reason in await self._backend.assert_leases(held, ttl, records):
+                replica = self._registry.replica if self._registry is not None else None
+                for stream_id, reason in await self._backend.assert_leases(held, ttl, records, replica):
                     self._on_cancel(stream_id, reason)
             elif self._fallback is not None:
                 await self._backend.ping()

@@ -151,7 +151,7 @@ class StateSettings(_Frozen):
     key_prefix: str = "tokenrelay:"
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
     cancel_messages: bool = Field(
-        default=True, description="false (tests): a cancel reaches its replica only through the heartbeat's flag"
+        default=True, description="false (tests): a cancel reaches its replica only through the heartbeat"
     )
 
     @field_validator("redis_url")

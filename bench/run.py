@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvloop
+from redis import asyncio as aioredis
 
 from bench.loadgen import Outcome, Target, one_stream, run_concurrent
 from tests.support.redis_server import RedisServer  # the same redis-server the tests use
@@ -53,7 +54,8 @@ BURST = ("gen?n=1024", 1024)
 PACED = ("gen?n=64&gap_ms=20", 64)
 SLOW = ("gen?n=14&gap_ms=500", 14)  # 7 s: every stream of the ramp below is still open when RSS is read
 SLOW_LONG = ("gen?n=30&gap_ms=500", 30)  # 15 s: for 10,000, opened over 10 s
-MODELS = (TTFT[0], BURST[0], PACED[0], SLOW[0], SLOW_LONG[0])
+LONG_PACED = ("gen?n=250&gap_ms=20", 250)  # 5 s: every stream lives through two heartbeats or more
+MODELS = (TTFT[0], BURST[0], PACED[0], SLOW[0], SLOW_LONG[0], LONG_PACED[0])
 TOKENRELAYS = ("v1", "chat", "v1-redis")
 _OPENAI_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"}],"stream":true}'
 _CHAT_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"}]}'
@@ -185,6 +187,29 @@ async def open_streams(target: Target, count: int, out: Figures) -> None:
         out.values[f"{name}_kib_per_stream"] = (rss_open - rss_before) / count / 1024
 
 
+async def redis_commands(target: Target, redis_url: str, out: Figures) -> None:
+    """Redis commands per 1,000 relayed tokens and per stream, from INFO commandstats around 100 paced streams
+    that each outlive two heartbeats (a per-token command would show as hundreds per 1,000 tokens)."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.config_resetstat()
+        outcomes = await run_concurrent(target, LONG_PACED[0], LONG_PACED[1], 100, 1)
+        if bad := failures(outcomes):
+            raise RuntimeError(f"{target.name}: {bad[0]}")
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    calls.pop("config", None)
+    calls.pop("info", None)
+    tokens = LONG_PACED[1] * len(outcomes)
+    # INFO counts the commands the scripts run as well as those sent: this is every command Redis executed.
+    out.values["redis_commands_per_1000_tokens"] = sum(calls.values()) / tokens * 1000
+    out.values["redis_commands_per_stream"] = sum(calls.values()) / len(outcomes)
+    out.values["redis_evalsha_per_stream"] = calls.get("evalsha", 0) / len(outcomes)
+    print(f"Redis commands, {len(outcomes)} streams, {tokens:,} tokens: {dict(sorted(calls.items()))}", file=sys.stderr)
+
+
 def judge(out: Figures, open_count: int) -> None:
     v = out.values
     for name in TOKENRELAYS:
@@ -210,6 +235,10 @@ def judge(out: Figures, open_count: int) -> None:
         )
         kib = v[f"{key}_kib_per_stream"]
         out.goal(kib <= 20, f"{name}: {kib:.1f} KiB per open stream (<= 20)")
+    c1 = v["ttft_c1_v1-redis_p50_overhead_ms"] - v["ttft_c1_v1_p50_overhead_ms"]
+    out.goal(c1 <= 0.5, f"v1-redis: TTFT p50 overhead at c=1 {c1:+.2f} ms beyond the memory backend's (<= 0.5)")
+    per_1000 = v["redis_commands_per_1000_tokens"]
+    out.goal(per_1000 < 100, f"v1-redis: {per_1000:.1f} Redis commands per 1,000 tokens (none per token: < 100)")
 
 
 def report(out: Figures, open_count: int) -> str:
@@ -235,6 +264,9 @@ def report(out: Figures, open_count: int) -> str:
     row(f"{open_count} open: errors", f"open{open_count}_{{}}_errors", ".0f")
     row(f"{open_count} open: TTFT p99 ms", f"open{open_count}_{{}}_ttft_p99_ms", ".1f")
     row(f"{open_count} open: KiB/stream", f"open{open_count}_{{}}_kib_per_stream", ".1f")
+    for key in ("redis_commands_per_1000_tokens", "redis_commands_per_stream", "redis_evalsha_per_stream"):
+        if key in v:
+            lines.append(f"{key.replace('_', ' '):32}{v[key]:>60.1f}")
     lines.append("")
     lines += [f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in out.verdicts]
     return "\n".join(lines)
@@ -291,7 +323,7 @@ def tokenrelay_config(upstream_port: int, redis_url: str, prefix: str) -> str:
     )
 
 
-async def measure(targets: list[Target], quick: bool, open_count: int) -> Figures:
+async def measure(targets: list[Target], quick: bool, open_count: int, redis_url: str) -> Figures:
     out = Figures()
     rounds = 2 if quick else 3
     by_name = {t.name: t for t in targets}
@@ -306,6 +338,7 @@ async def measure(targets: list[Target], quick: bool, open_count: int) -> Figure
     await throughput(targets, rounds, "burst", BURST, concurrency=64, out=out)
     await throughput(targets, rounds, "paced", PACED, concurrency=100, out=out)
     await no_stall(targets, (250, 500, 1000) if quick else (250, 500, 1000, 1500, 2000, 3000), out)
+    await redis_commands(by_name["v1-redis"], redis_url, out)
     judge(out, open_count)
     return out
 
@@ -392,7 +425,7 @@ def main() -> None:
                     await wait_until_serving(port)
                 if args.workers > 1:
                     return await measure_workers(targets, open_count, args.workers)
-                return await measure(targets, args.quick, open_count)
+                return await measure(targets, args.quick, open_count, redis.url)
 
             figures = uvloop.run(bench())
     finally:

@@ -81,11 +81,15 @@ class Backend(Protocol):
         ...
 
     async def assert_leases(
-        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+        self,
+        leases: Iterable[tuple[str, str]],
+        ttl: float,
+        records: Iterable[tuple[str, bytes]] = (),
+        replica: str | None = None,
     ) -> list[tuple[str, str]]:
         """Hold each `(key, lease)` for `ttl` seconds more, adding back any the store lost, and write each
         `(stream_id, record)` of the registry to expire after `ttl` (one round trip for all). Returns the
-        `(stream_id, reason)` of those records' streams that another replica asked to stop."""
+        `(stream_id, reason)` of the cancels asked of `replica` since its last beat (each returned once)."""
         ...
 
     async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:

@@ -119,7 +119,11 @@ class MemoryBackend:
             self._records.pop(stream, None)
 
     async def assert_leases(
-        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+        self,
+        leases: Iterable[tuple[str, str]],
+        ttl: float,
+        records: Iterable[tuple[str, bytes]] = (),
+        replica: str | None = None,
     ) -> list[tuple[str, str]]:
         expiry = self._now() + ttl
         for key, lease in leases:

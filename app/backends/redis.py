@@ -35,6 +35,7 @@ from app.backends.resp import RespConnection
 logger = logging.getLogger("tokenrelay.redis")
 
 CANCEL_FLAG_MS = 60_000  # longer than any heartbeat interval: the owner reads it at least once
+_CANCELS_PER_BEAT = 1000  # more than any beat takes; the rest wait for the next
 _REFUSALS: tuple[LimitName | None, ...] = (None, "requests_per_minute", "concurrent_streams", "tokens_per_minute")
 
 # GCRA with integer microseconds from Redis TIME. KEYS[1]; ARGV: cost, limit, window_us. Returns allowed,
@@ -246,19 +247,24 @@ class RedisBackend:
                     raise result
 
     async def assert_leases(
-        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+        self,
+        leases: Iterable[tuple[str, str]],
+        ttl: float,
+        records: Iterable[tuple[str, bytes]] = (),
+        replica: str | None = None,
     ) -> list[tuple[str, str]]:
         by_key: dict[str, list[str]] = {}
         for key, lease in leases:
             by_key.setdefault(key, []).append(lease)
         ttl_ms = max(1, int(ttl * 1000))
         # The registry's records expire with the leases: a replica that stops beating leaves neither behind.
-        # Each record's cancel flag is read in the same round trip: the fallback when a pub/sub message was lost.
         prelude: list[tuple[Any, ...]] = []
-        ids = [stream_id for stream_id, _ in records]
         for stream_id, record in records:
             prelude += [("SET", self._record_key(stream_id), record, "PX", ttl_ms), ("ZADD", self._index, 0, stream_id)]
-        prelude += [("GET", self._cancel_key(stream_id)) for stream_id in ids]
+        # The cancels asked of this replica are taken in the same round trip, one command for all of them: the
+        # fallback when a pub/sub message was lost.
+        if prelude and replica is not None:
+            prelude.append(("SPOP", self._cancels_key(replica), _CANCELS_PER_BEAT))
         # One call per principal, all of them in one round trip.
         calls = [([self._key(key, "conc")], [ttl_ms, *held]) for key, held in by_key.items()]
         answers: list[Any] = []
@@ -267,13 +273,14 @@ class RedisBackend:
         ):
             if isinstance(result, BackendUnavailable):
                 raise result
-        flags = answers[2 * len(ids) :]
-        return [(i, _text(flag)) for i, flag in zip(ids, flags, strict=True) if isinstance(flag, bytes | str)]
+        asked = answers[-1] if prelude and replica is not None and isinstance(answers[-1], list) else []
+        return [_cancel(_text(entry)) for entry in asked]
 
     async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:
-        """Ask `replica` to stop `stream_id`: a message on its channel, and a flag its next heartbeat reads."""
+        """Ask `replica` to stop `stream_id`: a message on its channel, and an entry its next heartbeat takes."""
         pipe = self._client().pipeline(transaction=False)
-        pipe.set(self._cancel_key(stream_id), reason, px=CANCEL_FLAG_MS)
+        pipe.sadd(self._cancels_key(replica), f"{stream_id} {reason}")
+        pipe.pexpire(self._cancels_key(replica), CANCEL_FLAG_MS)
         if self.cancel_messages:
             pipe.publish(self._channel(replica), f"{stream_id} {reason}")
         try:
@@ -289,8 +296,7 @@ class RedisBackend:
             try:
                 await pubsub.subscribe(self._channel(replica))
                 async for message in pubsub.listen():
-                    stream_id, _, reason = _text(message["data"]).partition(" ")
-                    on_cancel(stream_id, reason)
+                    on_cancel(*_cancel(_text(message["data"])))
             except RedisError:
                 await asyncio.sleep(1)  # Redis is away: the heartbeat logs it; try again shortly
             except Exception:
@@ -374,8 +380,8 @@ class RedisBackend:
     def _index(self) -> str:
         return f"{self._prefix}streams"
 
-    def _cancel_key(self, stream_id: str) -> str:
-        return f"{self._prefix}stream:{{{stream_id}}}:cancel"
+    def _cancels_key(self, replica: str) -> str:
+        return f"{self._prefix}cancels:{replica}"
 
     def _channel(self, replica: str) -> str:
         return f"{self._prefix}cancel:{replica}"
@@ -397,6 +403,12 @@ class RedisBackend:
 
     def _client(self) -> aioredis.Redis:
         return self.client
+
+
+def _cancel(entry: str) -> tuple[str, str]:
+    """`(stream_id, reason)` from a cancel as it is sent: `"<stream_id> <reason>"`."""
+    stream_id, _, reason = entry.partition(" ")
+    return stream_id, reason
 
 
 def _text(value: bytes | str) -> str:

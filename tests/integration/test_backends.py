@@ -257,3 +257,20 @@ async def test_registry_records_expire_with_their_ttl_unless_a_beat_renews_them(
     assert await backend.stream("dropped") is None
     assert await backend.stream("kept") == b"k"
     assert (await backend.streams(None, 10))[0] == [b"k"]  # a reader drops the expired id from the index
+
+
+async def test_a_cancel_reaches_its_replicas_next_beat_once_and_no_other(redis_server: RedisServer) -> None:
+    """The heartbeat's fallback for a lost pub/sub message: one command per beat takes every cancel asked of its
+    replica, whatever the number of streams it runs (it was one read per stream per beat)."""
+    backend = RedisBackend(redis_server.url, key_prefix=f"test-{uuid.uuid4().hex}:", cancel_messages=False)
+    await backend.open()
+    try:
+        records = [(f"s{i}", b"{}") for i in range(3)]
+        await backend.request_cancel("s1", "replica-a", "admin")
+        await backend.request_cancel("s2", "replica-a", "client")
+        await backend.request_cancel("t9", "replica-b", "admin")
+        assert await backend.assert_leases([], 30, records, "replica-b") == [("t9", "admin")]
+        assert sorted(await backend.assert_leases([], 30, records, "replica-a")) == [("s1", "admin"), ("s2", "client")]
+        assert await backend.assert_leases([], 30, records, "replica-a") == []  # taken once
+    finally:
+        await backend.aclose()

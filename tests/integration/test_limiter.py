@@ -107,12 +107,16 @@ class FailingOnce(MemoryBackend):
         self.beaten = asyncio.Event()
 
     async def assert_leases(
-        self, leases: Iterable[tuple[str, str]], ttl: float, records: Iterable[tuple[str, bytes]] = ()
+        self,
+        leases: Iterable[tuple[str, str]],
+        ttl: float,
+        records: Iterable[tuple[str, bytes]] = (),
+        replica: str | None = None,
     ) -> list[tuple[str, str]]:
         self.beats += 1
         if self.beats == 1:
             raise RuntimeError("unexpected reply")
-        flags = await super().assert_leases(leases, ttl, records)
+        flags = await super().assert_leases(leases, ttl, records, replica)
         if self.beats >= 2:
             self.beaten.set()
         return flags
