@@ -151,6 +151,8 @@ class RespConnection:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
         if self._protocol is not None:
             self._protocol.abort(RedisConnectionError("closed"))
             self._protocol = None
@@ -168,6 +170,7 @@ class RespConnection:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         options = self._options
+        protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 if options.get("connection_class") is UnixDomainSocketConnection:
@@ -177,16 +180,16 @@ class RespConnection:
                     _, protocol = await loop.create_connection(
                         _Protocol, options.get("host", "localhost"), options.get("port", 6379), ssl=tls
                     )
-                setup = self._setup_commands()
-                if setup:
-                    for reply in await protocol.send(pack(setup), len(setup)):
-                        if isinstance(reply, Exception):
-                            protocol.abort(RedisConnectionError("Redis refused the connection's setup"))
-                            raise RedisConnectionError(f"Redis refused the connection's setup: {reply}")
-        except TimeoutError:
-            raise RedisTimeoutError(f"no connection to Redis within {self._timeout} s") from None
-        except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from None
+                if setup := self._setup_commands():
+                    _check_setup(await protocol.send(pack(setup), len(setup)))
+        except BaseException as exc:
+            if protocol is not None:
+                protocol.abort(RedisConnectionError("the connection's setup failed"))
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"no connection to Redis within {self._timeout} s") from None
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from None
+            raise
         self._protocol = protocol
         return protocol
 
@@ -199,6 +202,12 @@ class RespConnection:
         if options.get("db"):
             setup.append(("SELECT", options["db"]))
         return setup
+
+
+def _check_setup(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):  # its text is Redis's own (WRONGPASS ...), never the password
+            raise RedisConnectionError(f"Redis refused the connection's setup: {reply}")
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
