@@ -93,7 +93,7 @@ class Backend(Protocol):
         ...
 
     async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:
-        """Ask the replica that runs `stream_id` to stop it (a message, and a flag its heartbeat reads)."""
+        """Ask the replica that runs `stream_id` to stop it (a message, and an entry its heartbeat reads)."""
         ...
 
     async def hear_cancels(self, replica: str, on_cancel: Callable[[str, str], None]) -> None:

@@ -130,7 +130,7 @@ class MemoryBackend:
             self._leases.setdefault(key, {})[lease] = expiry
         for stream_id, record in records:
             self._records[stream_id] = (expiry, record)
-        return []  # one process: a cancel reaches its stream directly, never through a flag
+        return []  # one process: a cancel reaches its stream directly, never through the heartbeat
 
     async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:
         return None  # one process: every stream is local

@@ -34,8 +34,7 @@ from app.backends.resp import RespConnection
 
 logger = logging.getLogger("tokenrelay.redis")
 
-CANCEL_FLAG_MS = 60_000  # longer than any heartbeat interval: the owner reads it at least once
-_CANCELS_PER_BEAT = 1000  # more than any beat takes; the rest wait for the next
+CANCEL_KEEP_MS = 60_000  # longer than any heartbeat interval: the owner reads a cancel at least once
 _REFUSALS: tuple[LimitName | None, ...] = (None, "requests_per_minute", "concurrent_streams", "tokens_per_minute")
 
 # GCRA with integer microseconds from Redis TIME. KEYS[1]; ARGV: cost, limit, window_us. Returns allowed,
@@ -159,9 +158,10 @@ class RedisBackend:
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._admissions: Coalescer[tuple[list[str], list[Any]], Any] = Coalescer(self._admit_batch)
+        self._delivered: dict[str, list[bytes]] = {}  # per replica's cancels key: what its last beat delivered
         # Admission, a stream's end and the heartbeat: every caller pipelined on one connection.
         self._pipe = RespConnection(url, timeout=timeout)
-        # False only in tests: cancels then reach their replica through the heartbeat's flags alone.
+        # False only in tests: cancels then reach their replica through the heartbeat alone.
         self.cancel_messages = cancel_messages
 
     @property
@@ -261,10 +261,14 @@ class RedisBackend:
         prelude: list[tuple[Any, ...]] = []
         for stream_id, record in records:
             prelude += [("SET", self._record_key(stream_id), record, "PX", ttl_ms), ("ZADD", self._index, 0, stream_id)]
-        # The cancels asked of this replica are taken in the same round trip, one command for all of them: the
-        # fallback when a pub/sub message was lost.
-        if prelude and replica is not None:
-            prelude.append(("SPOP", self._cancels_key(replica), _CANCELS_PER_BEAT))
+        # The cancels asked of this replica are read in the same round trip, one command for all of them: the
+        # fallback when a pub/sub message was lost. Those the last good beat delivered are removed first, so a
+        # beat whose answer is lost delivers nothing less (a cancel heard twice stops nothing twice).
+        cancels = self._cancels_key(replica) if replica is not None and prelude else None
+        if cancels is not None:
+            if delivered := self._delivered.get(cancels):
+                prelude.append(("SREM", cancels, *delivered))
+            prelude.append(("SMEMBERS", cancels))
         # One call per principal, all of them in one round trip.
         calls = [([self._key(key, "conc")], [ttl_ms, *held]) for key, held in by_key.items()]
         answers: list[Any] = []
@@ -273,14 +277,17 @@ class RedisBackend:
         ):
             if isinstance(result, BackendUnavailable):
                 raise result
-        asked = answers[-1] if prelude and replica is not None and isinstance(answers[-1], list) else []
+        if cancels is None or not isinstance(answers[-1], list):
+            return []
+        asked: list[bytes] = answers[-1]
+        self._delivered[cancels] = asked
         return [_cancel(_text(entry)) for entry in asked]
 
     async def request_cancel(self, stream_id: str, replica: str, reason: str) -> None:
         """Ask `replica` to stop `stream_id`: a message on its channel, and an entry its next heartbeat takes."""
         pipe = self._client().pipeline(transaction=False)
         pipe.sadd(self._cancels_key(replica), f"{stream_id} {reason}")
-        pipe.pexpire(self._cancels_key(replica), CANCEL_FLAG_MS)
+        pipe.pexpire(self._cancels_key(replica), CANCEL_KEEP_MS)
         if self.cancel_messages:
             pipe.publish(self._channel(replica), f"{stream_id} {reason}")
         try:
@@ -290,7 +297,7 @@ class RedisBackend:
 
     async def hear_cancels(self, replica: str, on_cancel: Callable[[str, str], None]) -> None:
         """Run `on_cancel(stream_id, reason)` for each cancel sent to `replica`, until cancelled. A lost
-        connection is retried; what is said meanwhile reaches the replica through the flags."""
+        connection is retried; what is said meanwhile reaches the replica through the heartbeat."""
         while True:
             pubsub = self._client().pubsub(ignore_subscribe_messages=True)
             try:
@@ -300,7 +307,7 @@ class RedisBackend:
             except RedisError:
                 await asyncio.sleep(1)  # Redis is away: the heartbeat logs it; try again shortly
             except Exception:
-                # Never let the listener die: cancels would then wait for the heartbeat's flags.
+                # Never let the listener die: cancels would then wait for the heartbeat.
                 logger.exception("cancel listener failed; it listens again in 1 s")
                 await asyncio.sleep(1)
             finally:

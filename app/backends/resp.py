@@ -128,36 +128,54 @@ class RespConnection:
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self._options: Mapping[str, Any] = parse_url(url)
+        if unknown := sorted(k for k in self._options if k.startswith("ssl_") and k not in _TLS_OPTIONS):
+            raise ValueError(f"state.redis_url: unsupported TLS option(s) {', '.join(unknown)}")
+        reqs = self._options.get("ssl_cert_reqs")
+        if isinstance(reqs, str) and reqs.lower() not in _CERT_REQS:
+            raise ValueError("state.redis_url: ssl_cert_reqs must be none, optional or required")
         self._timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        self._closed = False
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        if not commands:
+            return []  # a call waiting for no reply would take the next caller's
         data, expected = pack(commands), len(commands)
         for attempt in range(2):
-            protocol = await self._connected()
+            try:
+                protocol = await self._connected()
+            except RedisConnectionError:
+                if attempt or self._closed:
+                    raise
+                continue
             future = protocol.send(data, expected)
             try:
                 async with asyncio.timeout(self._timeout):
                     return await asyncio.shield(future)
             except TimeoutError:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    return future.result()  # answered in the very turn the time ran out
                 protocol.abort(RedisTimeoutError("Redis did not answer in time"))
                 future.exception()  # failed by the abort: retrieved here, nobody else waits for it
                 raise RedisTimeoutError(f"Redis did not answer within {self._timeout} s") from None
             except RedisConnectionError:
-                if attempt:
+                if attempt or self._closed:
                     raise
                 # Found dead (a restart, a forgotten NAT entry): once more, on a fresh connection.
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._protocol is not None:
-            self._protocol.abort(RedisConnectionError("closed"))
+            self._protocol.abort(RedisConnectionError("the connection to Redis is closed"))
             self._protocol = None
 
     async def _connected(self) -> _Protocol:
+        if self._closed:
+            raise RedisConnectionError("the connection to Redis is closed")
         protocol = self._protocol
         if protocol is not None and protocol.lost is None:
             return protocol
@@ -165,7 +183,13 @@ class RespConnection:
             # Callers that arrive while a connection is made wait for that one, not for one each.
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(_retrieved)
-        return await asyncio.shield(self._connecting)
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            if connecting.cancelled() and self._closed:  # closed while connecting, not this caller cancelled
+                raise RedisConnectionError("the connection to Redis is closed") from None
+            raise
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -190,6 +214,9 @@ class RespConnection:
             if isinstance(exc, OSError):
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from None
             raise
+        if self._closed:
+            protocol.abort(RedisConnectionError("the connection to Redis is closed"))
+            raise RedisConnectionError("the connection to Redis is closed")
         self._protocol = protocol
         return protocol
 
@@ -216,9 +243,25 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+_TLS_OPTIONS = frozenset(
+    ("ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
+     "ssl_check_hostname", "ssl_min_version")
+)  # fmt: skip
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
 def _tls(options: Mapping[str, Any]) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-    if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    """The TLS context a `rediss://` URL asks for, with redis-py's query options and defaults (verify the
+    certificate and the host name)."""
+    context = ssl.create_default_context(
+        cafile=options.get("ssl_ca_certs"), capath=options.get("ssl_ca_path"), cadata=options.get("ssl_ca_data")
+    )
+    if certfile := options.get("ssl_certfile"):
+        context.load_cert_chain(certfile, options.get("ssl_keyfile"), password=options.get("ssl_password"))
+    reqs = options.get("ssl_cert_reqs", "required")
+    mode = _CERT_REQS[reqs.lower()] if isinstance(reqs, str) else ssl.VerifyMode(reqs)
+    context.check_hostname = mode == ssl.CERT_REQUIRED and bool(options.get("ssl_check_hostname", True))
+    context.verify_mode = mode
+    if (version := options.get("ssl_min_version")) is not None:
+        context.minimum_version = ssl.TLSVersion(version)
     return context

@@ -146,3 +146,34 @@ async def test_password_and_database_from_the_url() -> None:
         await refused.aclose()
     finally:
         server.stop()
+
+
+async def test_a_closed_connection_does_not_come_back(redis_server: RedisServer) -> None:
+    """A call in flight when the backend closes fails; it is not sent again on a connection nobody would close."""
+    connection = RespConnection(redis_server.url, timeout=2)
+    await connection.execute([("PING",)])
+    waiting = asyncio.ensure_future(connection.execute([("BLPOP", f"empty-{uuid.uuid4().hex}", "0.5")]))
+    await asyncio.sleep(0.05)
+    await connection.aclose()
+    with pytest.raises(RedisConnectionError):
+        await waiting
+    with pytest.raises(RedisConnectionError):
+        await connection.execute([("PING",)])
+
+
+async def test_closing_while_connecting_is_a_connection_error_for_the_waiters(
+    silent_server: tuple[int, list[bytes]],
+) -> None:
+    port, _ = silent_server
+    connection = RespConnection(f"redis://:pw@127.0.0.1:{port}/0", timeout=2)  # its AUTH is never answered
+    waiting = asyncio.ensure_future(connection.execute([("PING",)]))
+    await asyncio.sleep(0.05)
+    await connection.aclose()
+    with pytest.raises(RedisConnectionError):
+        await waiting
+
+
+def test_tls_options_it_cannot_honour_are_refused_at_startup() -> None:
+    with pytest.raises(ValueError, match="ssl_include_verify_flags"):
+        RespConnection("rediss://127.0.0.1:6380/0?ssl_include_verify_flags=VERIFY_X509_STRICT", timeout=1)
+    RespConnection("rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false", timeout=1)
