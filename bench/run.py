@@ -383,6 +383,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_KEY": key}
     auth = f"authorization: Bearer {key}\r\n"
     redis = RedisServer().start()
+    if own_cpu is not None and redis.pid is not None:
+        # Redis is another machine's work in a deployment: it must not take turns with the relay on its core.
+        os.sched_setaffinity(redis.pid, {own_cpu})
     upstream_port, floor_port, memory_port, redis_port = (free_port() for _ in range(4))
     tokenrelay = str(Path(sys.executable).parent / "tokenrelay")
     uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
