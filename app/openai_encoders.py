@@ -15,7 +15,7 @@ import msgspec
 
 from app.errors import UpstreamError, error_type
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
-from app.sse import PING, encode_data, encode_json_data
+from app.sse import PING, encode_data_events, encode_json_data
 from app.sse_transport import SSE_HEADERS
 from providers.base import Delta
 
@@ -79,7 +79,7 @@ class OpenAIChunkEncoder:
                 return b""
             self._usage_sent = True
         # The upstream's own text, as its events carried it: a `data` of several lines stays several lines.
-        return b"".join(map(encode_data, delta.raw))
+        return encode_data_events(delta.raw)
 
     def _chunk(self, delta: Delta) -> bytes:
         body: dict[str, Any] = {}

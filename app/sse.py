@@ -23,6 +23,15 @@ def encode_data(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
+def encode_data_events(datas: tuple[bytes, ...]) -> bytes:
+    """`encode_data` of each of `datas`, in one go: pieces with no line break in them (every chunk of a read, as a
+    rule) are joined once, with one scan of the result instead of two per piece."""
+    joined = b"\n\ndata: ".join(datas)
+    if b"\r" in joined or joined.count(b"\n") != 2 * (len(datas) - 1):
+        return b"".join(map(encode_data, datas))
+    return b"data: " + joined + b"\n\n"
+
+
 def encode_json_data(data: bytes) -> bytes:
     """A data-only event of compact JSON (msgspec's output escapes every CR, LF and NUL)."""
     return b"data: " + data + b"\n\n"

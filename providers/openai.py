@@ -157,51 +157,70 @@ def _read(events: list[ServerSentEvent], errors: UpstreamErrors) -> tuple[list[D
     """The deltas of one read; the failure that ended it, after what came before it; whether `[DONE]` came.
 
     Tokens read together leave as one delta: a run of text-only (or reasoning-only) chunks is collected and
-    joined once, when something else comes or the read ends (never rebuilt per event)."""
+    joined once, when something else comes or the read ends (never rebuilt per event). A read carries hundreds
+    of events at full speed, so the common chunk is recognised by one call, with no `Delta` of its own."""
     pending: list[Delta] = []
-    run: list[Delta] = []
+    texts: list[str] = []  # the run being collected: its pieces of text (or reasoning) and its chunks
+    raws: list[bytes] = []
+    reasoning_run = False
     for event in events:
-        if event.payload == b"[DONE]":
-            return _flushed(pending, run), None, True
-        try:
-            delta = _event_delta(event, errors)
-        except UpstreamError as error:
-            return _flushed(pending, run), error, False
-        kind = _kind(delta)
-        if run and kind == _kind(run[0]):
-            run.append(delta)
+        piece = _plain_piece(event)
+        if piece is not None:
+            text, reasoning = piece
+            if raws and reasoning != reasoning_run:
+                pending.append(_run_delta(texts, raws, reasoning_run))
+                texts, raws = [], []
+            reasoning_run = reasoning
+            texts.append(text)
+            raws.append(event.payload)
             continue
-        _flushed(pending, run)
-        run = [delta] if kind != _OTHER else []
-        if kind == _OTHER:
-            pending.append(delta)
-    return _flushed(pending, run), None, False
+        if raws:
+            pending.append(_run_delta(texts, raws, reasoning_run))
+            texts, raws = [], []
+        if event.payload == b"[DONE]":
+            return pending, None, True
+        try:
+            pending.append(_event_delta(event, errors))
+        except UpstreamError as error:
+            return pending, error, False
+    if raws:
+        pending.append(_run_delta(texts, raws, reasoning_run))
+    return pending, None, False
 
 
-def _flushed(pending: list[Delta], run: list[Delta]) -> list[Delta]:
-    if run:
-        pending.append(_merged(run))
-    return pending
+def _plain_piece(event: ServerSentEvent) -> tuple[str, bool] | None:
+    """`(text, is_reasoning)` of the common chunk: one choice carrying text alone or reasoning alone, in valid
+    UTF-8 (invalid bytes take the general path, which repairs them); None for anything else."""
+    data = event.payload
+    if event.event != "message" or data == b"[DONE]" or not _valid_utf8(data):
+        return None
+    try:
+        chunk = _decode_chunk(data)
+    except msgspec.DecodeError:
+        return None  # the general path reports it
+    only = chunk.choices[0] if len(chunk.choices) == 1 and chunk.usage is None and chunk.error is None else None
+    body = only.delta if only is not None and only.index == 0 and only.finish_reason is None else None
+    if body is None or body.tool_calls:
+        return None
+    thought = body.reasoning_content or body.reasoning
+    if bool(body.content) == bool(thought):  # neither, or both: a delta of its own
+        return None
+    return (body.content, False) if body.content else (thought or "", True)
 
 
-_TEXT, _REASONING, _OTHER = 1, 2, 0
+def _valid_utf8(data: bytes) -> bool:
+    if data.isascii():  # most chunks are (JSON escapes): the check costs nothing for them
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
-def _kind(d: Delta) -> int:
-    if d.tool_calls or d.finish_reason is not None or d.usage is not None or (d.text and d.reasoning):
-        return _OTHER
-    if d.text:
-        return _TEXT
-    return _REASONING if d.reasoning else _OTHER
-
-
-def _merged(run: list[Delta]) -> Delta:
-    if len(run) == 1:
-        return run[0]
-    raw = tuple(d.raw[0] for d in run)
-    if run[0].text:
-        return Delta(text="".join(d.text for d in run), raw=raw)
-    return Delta(reasoning="".join(d.reasoning for d in run), raw=raw)
+def _run_delta(texts: list[str], raws: list[bytes], reasoning: bool) -> Delta:
+    joined = texts[0] if len(texts) == 1 else "".join(texts)
+    return Delta(reasoning=joined, raw=tuple(raws)) if reasoning else Delta(text=joined, raw=tuple(raws))
 
 
 def _event_delta(event: ServerSentEvent, errors: UpstreamErrors) -> Delta:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from app.frames import DoneFrame, StartFrame, Usage
 from app.openai_encoders import OpenAIChunkEncoder
-from app.sse import PING, encode_comment, encode_data
+from app.sse import PING, encode_comment, encode_data, encode_data_events
 from app.sse_transport import SSEEncoder
 from providers.base import Delta, ToolCallDelta
 from tests.support.whatwg_sse import WhatwgParser, parse
@@ -161,3 +161,10 @@ def test_random_text_round_trips_through_the_pass_through(texts: list[str], cuts
     result = _feed_cut(stream, cuts).result
     assert [e.data for e in result.events] == [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts]
     assert set(result.fields_seen) <= {"data"}
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from(["a", "\n", "\r", "d", ":", " ", "\u00e9"]), max_size=8), min_size=1))
+def test_pieces_encoded_together_equal_each_encoded_alone(pieces: list[str]) -> None:
+    """The pass-through joins a read's chunks once; a line break in any of them must still split it into lines."""
+    datas = tuple(p.encode() for p in pieces)
+    assert encode_data_events(datas) == b"".join(encode_data(d) for d in datas)
