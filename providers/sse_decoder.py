@@ -60,7 +60,23 @@ class SSEDecoder:
 
     def _feed_blocks(self, buffer: bytes) -> list[ServerSentEvent]:
         """The common case, LF line ends and no event half read: split into events at blank lines, and take an
-        event that is one `data: ` line as it is, without going line by line (a fifth of the relay's CPU)."""
+        event that is one `data: ` line as it is, without going line by line (a fifth of the relay's CPU). When
+        every complete event of the buffer is such a line (a read of Chat Completions chunks), they are all cut
+        out by one split, with no Python step per event but its object."""
+        cut = buffer.rfind(b"\n\n")
+        if 0 <= cut < self._max:
+            framed = b"\n\n" + buffer[:cut]
+            # Each event that is one `data: ` line brings exactly the two LFs before it; anything else, more.
+            if framed.count(b"\n") == 2 * framed.count(b"\n\ndata: "):
+                tail = buffer[cut + 2 :]
+                if len(tail) > self._max:
+                    return self._feed_blocks_one_by_one(buffer)
+                self._pending = tail
+                event_id = self._id
+                return [ServerSentEvent("message", payload, event_id) for payload in framed.split(b"\n\ndata: ")[1:]]
+        return self._feed_blocks_one_by_one(buffer)
+
+    def _feed_blocks_one_by_one(self, buffer: bytes) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
         blocks = buffer.split(b"\n\n")
         self._pending = b""
