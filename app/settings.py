@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from app.backends.resp import url_problem
+
 CONFIG_ENV = "TOKENRELAY_CONFIG"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_CONFIG_FILE = Path("config.yaml")
@@ -166,6 +168,8 @@ class StateSettings(_Frozen):
             raise ValueError(f"must start with redis://, rediss:// or unix:// (scheme: {shown})")
         if not rest.strip("/"):
             raise ValueError(f"{scheme}:// needs a host (or, for unix://, a socket path)")
+        if (problem := url_problem(value)) is not None:
+            raise ValueError(problem)
         return value
 
 

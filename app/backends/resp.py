@@ -127,12 +127,9 @@ class RespConnection:
     Connects on first use and again after a loss; AUTH and SELECT from the URL go first on each new connection."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
+        if (problem := url_problem(url)) is not None:
+            raise ValueError(problem)
         self._options: Mapping[str, Any] = parse_url(url)
-        if unknown := sorted(k for k in self._options if k.startswith("ssl_") and k not in _TLS_OPTIONS):
-            raise ValueError(f"state.redis_url: unsupported TLS option(s) {', '.join(unknown)}")
-        reqs = self._options.get("ssl_cert_reqs")
-        if isinstance(reqs, str) and reqs.lower() not in _CERT_REQS:
-            raise ValueError("state.redis_url: ssl_cert_reqs must be none, optional or required")
         self._timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -229,6 +226,21 @@ class RespConnection:
         if options.get("db"):
             setup.append(("SELECT", options["db"]))
         return setup
+
+
+def url_problem(url: str) -> str | None:
+    """What this connection cannot honour in a Redis URL (a TLS option it does not know, a bad value), or None;
+    the settings check it, so that it stops startup as a config error. Never quotes the URL (its password)."""
+    try:
+        options = parse_url(url)
+    except ValueError as exc:
+        return f"not a Redis URL redis-py reads: {exc}"
+    if unknown := sorted(k for k in options if k.startswith("ssl_") and k not in _TLS_OPTIONS):
+        return f"unsupported TLS option(s) {', '.join(unknown)}"
+    reqs = options.get("ssl_cert_reqs")
+    if isinstance(reqs, str) and reqs.lower() not in _CERT_REQS:
+        return "ssl_cert_reqs must be none, optional or required"
+    return None
 
 
 def _check_setup(replies: list[Any]) -> None:

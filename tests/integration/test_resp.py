@@ -14,6 +14,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.backends.resp import RespConnection, pack
+from app.settings import ConfigError, parse_settings
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_relay import SeveringRelay
 
@@ -173,7 +174,13 @@ async def test_closing_while_connecting_is_a_connection_error_for_the_waiters(
         await waiting
 
 
-def test_tls_options_it_cannot_honour_are_refused_at_startup() -> None:
-    with pytest.raises(ValueError, match="ssl_include_verify_flags"):
-        RespConnection("rediss://127.0.0.1:6380/0?ssl_include_verify_flags=VERIFY_X509_STRICT", timeout=1)
-    RespConnection("rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false", timeout=1)
+def test_tls_options_it_cannot_honour_are_a_config_error_that_hides_the_password() -> None:
+    """redis-py takes options this connection would silently ignore: they stop startup, naming the option."""
+    url = "rediss://:hunter2@127.0.0.1:6380/0?ssl_include_verify_flags=VERIFY_X509_STRICT"
+    with pytest.raises(ConfigError, match=r"config.yaml:2: state.redis_url: .*ssl_include_verify_flags") as raised:
+        parse_settings(f"state:\n  redis_url: '{url}'\n", {})
+    assert "hunter2" not in str(raised.value)
+    with pytest.raises(ConfigError, match="ssl_cert_reqs"):
+        parse_settings("state:\n  redis_url: 'rediss://127.0.0.1:6380/0?ssl_cert_reqs=maybe'\n", {})
+    good = "rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false"
+    assert parse_settings(f"state:\n  redis_url: '{good}'\n", {}).state.redis_url == good
