@@ -32,13 +32,10 @@ import json
 import os
 import resource
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +43,9 @@ import uvloop
 from redis import asyncio as aioredis
 
 from bench.loadgen import Outcome, Target, one_stream, run_concurrent
+from bench.processes import ROOT, cpu_seconds, free_port, process, rss_bytes, wait_until_serving
 from tests.support.redis_server import RedisServer  # the same redis-server the tests use
 
-ROOT = Path(__file__).resolve().parents[1]
 TTFT = ("gen?n=64&gap_ms=5&first_ms=20", 64)
 BURST = ("gen?n=1024", 1024)
 PACED = ("gen?n=64&gap_ms=20", 64)
@@ -73,27 +70,6 @@ class Figures:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int | None) -> int:
-    """The resident memory of `pid` and its children (the worker processes of `--workers`)."""
-    if pid is None:
-        return 0
-    total = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total = int(line.split()[1]) * 1024
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        with contextlib.suppress(FileNotFoundError):
-            total += rss_bytes(int(child))
-    return total
 
 
 def failures(outcomes: list[Outcome]) -> list[str]:
@@ -271,42 +247,6 @@ def report(out: Figures, open_count: int) -> str:
     lines.append("")
     lines += [f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in out.verdicts]
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], cpu: int | None) -> Iterator[subprocess.Popen[bytes]]:
-    # Output to /dev/null: a pipe nobody reads would fill and stall the process's logging.
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if cpu is not None:
-            os.sched_setaffinity(proc.pid, {cpu})
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_until_serving(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-        else:
-            writer.close()
-            return
 
 
 def tokenrelay_config(upstream_port: int, redis_url: str, prefix: str) -> str:
