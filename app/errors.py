@@ -6,7 +6,9 @@
     │   ├── ModelNotFound                404 model_not_found
     │   ├── RouteNotFound                404/405 not_found / method_not_allowed
     │   ├── RequestTooLarge              413 request_too_large
-    │   └── RequestTimeout               408 request_timeout (the body did not arrive in time)
+    │   ├── RequestTimeout               408 request_timeout (the body did not arrive in time)
+    │   ├── StreamNotFound               404 stream_not_found (unknown, expired or another principal's)
+    │   └── StreamTruncated              410 stream_truncated (a resume from frames the log has dropped)
     ├── PolicyError                      fault: policy (the request is fine, a rule refused it)
     │   ├── Unauthorized                 401 unauthorized
     │   ├── Forbidden                    403 forbidden
@@ -19,7 +21,8 @@
     │   └── UpstreamRejectedRequest      400 invalid_request (the upstream refused the parameters)
     └── InternalError                    fault: proxy; 500 internal
         ├── LimitsUnavailable            503 internal (limits store down, fail_closed)
-        └── ServerShutdown               503 server_shutdown
+        ├── ServerShutdown               503 server_shutdown
+        └── StreamLost                   stream_lost (the replica producing a stream died; a frame only)
 
 Before a stream's 200 is committed an error becomes its HTTP status and a JSON body; after it, an `error`
 frame carrying the same code. Transport exceptions are translated to this tree in one place per HTTP client
@@ -109,6 +112,20 @@ class RequestTimeout(CallerError):
         return {**super().response_headers(), "connection": "close"}
 
 
+class StreamNotFound(CallerError):
+    """No stream by that id for this caller: unknown, expired and another principal's look the same."""
+
+    status = 404
+    code = "stream_not_found"
+
+
+class StreamTruncated(CallerError):
+    """A resume from frames older than the stream's log still holds."""
+
+    status = 410
+    code = "stream_truncated"
+
+
 class PolicyError(ProxyError):
     fault = "policy"
     status = 403
@@ -181,6 +198,14 @@ class LimitsUnavailable(InternalError):
 class ServerShutdown(InternalError):
     status = 503
     code = "server_shutdown"
+    retryable = True
+
+
+class StreamLost(InternalError):
+    """The replica producing a stream died before its end: what the log holds was replayed, no more will come."""
+
+    status = 502
+    code = "stream_lost"
     retryable = True
 
 

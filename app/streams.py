@@ -31,7 +31,9 @@ from typing import Protocol
 from litestar.types import Receive, Scope, Send
 
 from app.errors import InternalError, ProxyError, StreamCancelled, UpstreamError, error_body
+from app.frame_log import FrameLog
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame, Usage
+from app.keepalive import KeepAlive
 from app.limits import Admission
 from app.registry import (
     Api,
@@ -89,18 +91,17 @@ class StreamRun:
         "_committed",
         "_committing",
         "_completion_chars",
+        "_direct",
         "_drain",
         "_encoder",
         "_ended",
         "_failure",
         "_first_delta_at",
-        "_last_write",
+        "_keepalive",
         "_last_yield",
         "_loop",
         "_outcome",
         "_ping_interval",
-        "_ping_timer",
-        "_pings",
         "_policy",
         "_prompt_estimate",
         "_registry",
@@ -118,6 +119,7 @@ class StreamRun:
         "_usage",
         "_writes",
         "created",
+        "log",
         "stream_id",
     )
 
@@ -161,11 +163,10 @@ class StreamRun:
         self._shutdown = False  # stopped from outside: a shutdown, an admin or the client's own DELETE
         self._stop_reason: StopReason = "server_shutdown"
         self._writes = 0
-        self._last_write = 0.0
         self._last_yield = 0.0
-        self._ping_timer: asyncio.TimerHandle | None = None
+        self._keepalive: KeepAlive | None = None
+        self._direct = True  # serving its own client, not a log
         self._committing: asyncio.Task[None] | None = None
-        self._pings: set[asyncio.Task[None]] = set()
         self._completion_chars = 0
         self._served_by = "-"
         self._outcome = "disconnected"
@@ -174,13 +175,24 @@ class StreamRun:
         self._first_delta_at: float | None = None
         self.created = created
         self._started = time.monotonic()
+        self.log: FrameLog | None = None  # set when the stream is produced into a log for its watchers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the stream to the one client of this request: it ends when the client leaves."""
+        await self._run(send, receive)
+
+    async def produce(self, send: Send) -> None:
+        """Run the stream into `send` (its log's), with no client of its own: only `stop` (a grace period over,
+        a DELETE, an admin, a shutdown) ends it early. Keep-alives are the watchers' business."""
+        await self._run(send, None)
+
+    async def _run(self, send: Send, receive: Receive | None) -> None:
         self._send = send
+        self._direct = receive is not None
         self._loop = asyncio.get_running_loop()
         task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
-        watcher = self._loop.create_task(self._cancel_on_disconnect(receive, task))
+        watcher = None if receive is None else self._loop.create_task(self._cancel_on_disconnect(receive, task))
         self._drain.track(self)
         self._registry.add(self)
         try:
@@ -198,11 +210,10 @@ class StreamRun:
         finally:
             self._ended = True
             self._drain.untrack(self)
-            watcher.cancel()
-            if self._ping_timer is not None:
-                self._ping_timer.cancel()
-            for ping in self._pings:
-                ping.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            if self._keepalive is not None:
+                self._keepalive.stop()
             if self._committing is not None:
                 self._committing.cancel()
             self._finish()
@@ -230,9 +241,14 @@ class StreamRun:
             first_token_at=None if first is None else epoch(first),
             tokens_out=estimated_tokens(self._completion_chars),
             state="starting" if first is None else "streaming",
-            watchers=(Watcher(replica, self._transport, epoch(self._started)),),
+            watchers=self._watchers(replica),
             owner=owner_digest(principal),
         )
+
+    def _watchers(self, replica: str) -> tuple[Watcher, ...]:
+        since = epoch(self._started)
+        count = 1 if self.log is None else self.log.watchers
+        return tuple(Watcher(replica, self._transport, since) for _ in range(count))
 
     def stop_for_shutdown(self) -> None:
         """End the stream now: the drain time is over (cancels the run wherever it waits, like a disconnect)."""
@@ -371,12 +387,13 @@ class StreamRun:
     async def _commit(self, target: Target, first: Delta | None = None) -> None:
         await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
         self._committed = self._response_started = True
-        self._last_write = self._loop.time()
+        if self._direct:
+            self._keepalive = KeepAlive(self._loop, self._send, self._ping_interval, self._encoder.keepalive)
+            self._keepalive.start()
         body = self._encoder.start(self._start_frame(target))
         if first is not None:
             body += self._encoder.delta(first)
         await self._write(body)
-        self._arm_ping(self._ping_interval)
 
     def _headers(self, target: Target) -> list[tuple[bytes, bytes]]:
         return [
@@ -436,7 +453,9 @@ class StreamRun:
         if not body and more:
             return
         self._writes += 1
-        now = self._last_write = self._loop.time()
+        now = self._loop.time()
+        if self._keepalive is not None:
+            self._keepalive.wrote()
         await self._send({"type": "http.response.body", "body": body, "more_body": more})
         if now - self._last_yield > YIELD_AFTER_SECONDS:
             # Neither a buffered upstream read nor a send to a departed client suspends, so a fast stream
@@ -444,26 +463,6 @@ class StreamRun:
             # watcher could not stop this one until the upstream's buffers ran dry.
             self._last_yield = now
             await asyncio.sleep(0)
-
-    def _arm_ping(self, delay: float) -> None:
-        # One timer per idle interval, not one per token: when it fires, it re-arms for the time still to go.
-        self._ping_timer = self._loop.call_later(delay, self._ping_due)
-
-    def _ping_due(self) -> None:
-        if self._ended:
-            return
-        idle = self._loop.time() - self._last_write
-        if idle >= self._ping_interval:
-            self._last_write = self._loop.time()
-            self._pings.add(ping := self._loop.create_task(self._send_ping(self._writes)))
-            ping.add_done_callback(self._pings.discard)
-            idle = 0.0
-        self._arm_ping(self._ping_interval - idle)
-
-    async def _send_ping(self, writes_when_due: int) -> None:
-        # A write since the ping fell due ended the silence: the ping would only add noise.
-        if not self._ended and self._writes == writes_when_due:
-            await self._send({"type": "http.response.body", "body": self._encoder.keepalive, "more_body": True})
 
     async def _refuse(self, error: ProxyError) -> None:
         self._outcome = error.code

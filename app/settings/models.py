@@ -53,9 +53,20 @@ class ServerSettings(_Frozen):
         return data
 
 
+class ResumeSettings(_Frozen):
+    """Streams as objects that outlive a connection: a log per stream that any replica can replay."""
+
+    enabled: bool = Field(default=True, description="false: GET /chat/stream ends with its connection, as POST does")
+    grace_seconds: float = Field(default=10.0, ge=0, description="a resumable stream's life with nobody watching")
+    retention_seconds: float = Field(default=300.0, gt=0, description="a finished stream's log, for late resumes")
+    max_bytes: int = Field(default=1_048_576, ge=4096, description="per log; older frames are dropped beyond it")
+    flush_interval_ms: int = Field(default=50, ge=1, le=5000, description="how often logs are written to Redis")
+
+
 class StreamSettings(_Frozen):
     ping_interval_seconds: float = Field(default=15.0, gt=0)
     retry_ms: int = Field(default=3000, ge=0)
+    resume: ResumeSettings = ResumeSettings()
 
 
 class LimitSettings(_Frozen):

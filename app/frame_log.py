@@ -1,0 +1,169 @@
+"""`FrameLog`: one stream's frames, in order, as the SSE bytes every watcher sends.
+
+The producer writes to a log exactly as it would write to a client (it is handed `send` in place of the ASGI
+one): the response head, then bodies of whole frames, the last one terminal. Each body is one entry, with the
+seq of its last frame; a watcher reads entries from its position and follows the tail, woken by the append,
+so the watcher on the producing replica never waits for anything but the producer. The log is bounded by
+bytes: beyond `max_bytes` its oldest entries are dropped, and a resume from them is refused as truncated.
+
+A `/chat/stream` frame holds exactly one blank line, its end (its JSON data is compact and its other lines are
+tokenrelay's own), so an entry can be cut between frames by splitting on it: a resume from inside an entry
+(the start and the first token leave in one body) gets only the frames after its seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+FRAME_END = b"\n\n"
+
+
+class LogTruncated(Exception):
+    """The frames asked for were dropped from the log (its byte cap)."""
+
+
+class FrameLog:
+    __slots__ = (
+        "_bodies",
+        "_bytes",
+        "_first_seq",
+        "_lasts",
+        "_max_bytes",
+        "_next_seq",
+        "_on_end",
+        "_waiters",
+        "base",
+        "ended",
+        "flushed",
+        "head",
+        "owner",
+        "refusal",
+        "request_id",
+        "status",
+        "stream_id",
+        "watchers",
+    )
+
+    def __init__(
+        self,
+        stream_id: str,
+        *,
+        owner: str,
+        request_id: str,
+        max_bytes: int,
+        next_seq: Callable[[], int],
+        on_end: Callable[[FrameLog], None] | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.owner = owner  # the principal's digest: only its own client may watch
+        self.request_id = request_id
+        self._max_bytes = max_bytes
+        self._next_seq = next_seq  # the encoder's count of frames made: the seq after the last body's
+        self._on_end = on_end
+        self._bodies: list[bytes] = []
+        self._lasts: list[int] = []  # the seq of each entry's last frame
+        self._first_seq = 0  # of the oldest entry held
+        self._bytes = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self.base = 0  # the position of the oldest entry held (positions count every entry ever appended)
+        self.flushed = 0  # the position up to which the shared store has the entries
+        self.status: int | None = None  # the producer's answer: 200 (committed) or a refusal's status
+        self.head: list[tuple[bytes, bytes]] = []
+        self.refusal = b""
+        self.ended = False
+        self.watchers = 0
+
+    @property
+    def end(self) -> int:
+        """The position after the last entry."""
+        return self.base + len(self._bodies)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last frame appended (-1: none yet)."""
+        return self._lasts[-1] if self._lasts else self._first_seq - 1
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        """The producer's ASGI `send`: a head, then bodies of whole frames."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.head = list(message.get("headers", ()))
+        else:
+            body: bytes = message.get("body", b"")
+            if self.status != 200:
+                self.refusal += body
+            elif body:
+                self._append(body)
+            if not message.get("more_body", False):
+                self.ended = True
+                if self._on_end is not None:
+                    self._on_end(self)
+        self._wake()
+
+    def _append(self, body: bytes) -> None:
+        self._bodies.append(body)
+        self._lasts.append(self._next_seq() - 1)
+        self._bytes += len(body)
+        while self._bytes > self._max_bytes and len(self._bodies) > 1:
+            self._bytes -= len(self._bodies[0])
+            self._first_seq = self._lasts[0] + 1
+            del self._bodies[0], self._lasts[0]
+            self.base += 1
+
+    def read(self, position: int) -> tuple[bytes, int]:
+        """Every entry from `position` on, joined, and the position after them."""
+        if position < self.base:
+            raise LogTruncated
+        start = position - self.base
+        if start >= len(self._bodies):
+            return b"", position
+        bodies = self._bodies[start:]
+        return (bodies[0] if len(bodies) == 1 else b"".join(bodies)), self.end
+
+    def position_after(self, seq: int) -> tuple[bytes, int]:
+        """Where a watcher that holds frames up to `seq` goes on: the frames after `seq` from the entry that holds
+        both (else b"") and the position of the entry after it."""
+        if seq >= self.last_seq:
+            return b"", self.end
+        if seq + 1 < self._first_seq:
+            raise LogTruncated
+        index = bisect.bisect_right(self._lasts, seq)
+        first = self._lasts[index - 1] + 1 if index else self._first_seq
+        if first > seq:
+            return b"", self.base + index
+        frames = self._bodies[index].split(FRAME_END)[seq + 1 - first : -1]
+        return b"".join(frame + FRAME_END for frame in frames), self.base + index + 1
+
+    def entries(self, position: int) -> list[tuple[int, int, bytes]]:
+        """(first seq, last seq, body) of each entry from `position` on (the flusher's view)."""
+        start = max(position - self.base, 0)
+        out = []
+        for index in range(start, len(self._bodies)):
+            first = self._lasts[index - 1] + 1 if index else self._first_seq
+            out.append((first, self._lasts[index], self._bodies[index]))
+        return out
+
+    @property
+    def first_seq(self) -> int:
+        return self._first_seq
+
+    async def wait(self, position: int) -> None:
+        """Until there is something at `position`, the head is known, or the log has ended."""
+        if position < self.end or self.ended:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
