@@ -37,6 +37,8 @@ class ChatInput(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
+    # POST: the stream outlives its connection (for the grace period) and can be resumed with Last-Event-ID.
+    resumable: bool = False
 
     @model_validator(mode="after")
     def _one_source_of_messages(self) -> ChatInput:

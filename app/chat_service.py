@@ -13,16 +13,19 @@ from litestar.datastructures import Cookie
 
 from app.chat_input import ChatInput
 from app.errors import RateLimited
+from app.frame_log import FrameLog
 from app.json_body import read_body
 from app.limits import Limiter
 from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
 from app.openai_input import ChatCompletionInput
-from app.registry import Api, StreamRegistry
+from app.registry import Api, StreamRegistry, owner_digest
+from app.resumable import RemoteCheck, ResumableStream, StreamLogs
 from app.sessions import SessionReader
 from app.settings import Settings
 from app.shutdown import ShutdownDrain
 from app.sse_transport import SSEEncoder
 from app.streams import StreamEncoder, StreamRun, new_stream_id
+from app.watcher import StreamWatcher
 from middleware.auth import Authenticator, Identity, check_model
 from middleware.principal import principal_key
 from providers.base import ChatRequest
@@ -50,8 +53,12 @@ class ChatService:
         sessions: SessionReader,
         drain: ShutdownDrain,
         registry: StreamRegistry,
+        logs: StreamLogs,
+        remote_watchers: RemoteCheck | None = None,
     ) -> None:
         self._settings = settings
+        self._logs = logs
+        self._remote_watchers = remote_watchers
         self._registry = registry
         self._drain = drain
         self._providers = providers
@@ -59,6 +66,11 @@ class ChatService:
         self._auth = auth
         self._sessions = sessions
         self._policy = RetryPolicy.from_settings(settings.routing)
+
+    @property
+    def resumable_by_default(self) -> bool:
+        """Whether `GET /chat/stream` (EventSource, which reconnects by itself) makes resumable streams."""
+        return self._settings.stream.resume.enabled
 
     async def caller(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
         """Who is asking: authenticated (raises `Unauthorized` if a key is required and missing) and keyed."""
@@ -105,7 +117,37 @@ class ChatService:
         return [m for m in self._providers.public_models() if allowed is None or m in allowed]
 
     async def open_sse(self, chat: ChatInput, request_id: str, caller: Caller) -> StreamRun:
-        """`/chat/stream`: tokenrelay's own SSE frames."""
+        """`/chat/stream` served to this request's client alone: tokenrelay's own SSE frames."""
+        run, _ = await self._sse_run(chat, request_id, caller)
+        return run
+
+    async def open_resumable(
+        self, chat: ChatInput, request_id: str, caller: Caller, *, detached: bool = False
+    ) -> ResumableStream:
+        """`/chat/stream` produced into a log, which this request's client and any later one watch; `detached`:
+        it runs to its end whether or not anyone watches (`POST /chat/streams`)."""
+        run, encoder = await self._sse_run(chat, request_id, caller)
+        resume = self._settings.stream.resume
+        log = FrameLog(
+            run.stream_id,
+            owner=owner_digest(caller.principal),
+            request_id=request_id,
+            max_bytes=resume.max_bytes,
+            next_seq=encoder.next_seq,
+            on_end=self._logs.ended,
+        )
+        stream = ResumableStream(
+            run, log, grace=resume.grace_seconds, detached=detached, remote_watchers=self._remote_watchers
+        )
+        self._logs.add(stream)
+        stream.start()
+        return stream
+
+    def watch_new(self, stream: ResumableStream) -> StreamWatcher:
+        """The watcher of the request that created `stream`: answered with the producer's own head."""
+        return StreamWatcher(stream, position=0, head=None, ping_interval=self._settings.stream.ping_interval_seconds)
+
+    async def _sse_run(self, chat: ChatInput, request_id: str, caller: Caller) -> tuple[StreamRun, SSEEncoder]:
         route = self._providers.resolve(chat.model)
         check_model(caller.identity, route.public_model)
         request = ChatRequest(
@@ -119,7 +161,8 @@ class ChatService:
         )
         stream_id = new_stream_id()
         encoder = SSEEncoder(stream_id, self._settings.stream.retry_ms)
-        return await self._run(stream_id, route, request, encoder, caller=caller, api="chat", transport="sse")
+        run = await self._run(stream_id, route, request, encoder, caller=caller, api="chat", transport="sse")
+        return run, encoder
 
     async def open_completion(self, chat: ChatCompletionInput, request_id: str, caller: Caller) -> StreamRun:
         """`/v1/chat/completions`: OpenAI chunks when `stream` is true, one `chat.completion` otherwise."""

@@ -21,11 +21,14 @@ from app.limits import Limiter
 from app.logs import configure_logging
 from app.redaction import Redactor
 from app.registry import StreamRegistry, replica_name
+from app.resumable import StreamLogs
+from app.resume import ResumeService
 from app.routes.admin import admin_get_stream, admin_list_streams, admin_stop_stream
 from app.routes.auth import close_session, open_session
-from app.routes.chat import chat_stream_get, chat_stream_post, stop_own_stream
+from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz, readyz
 from app.routes.openai import chat_completions, list_models
+from app.routes.streams import create_stream, stop_own_stream, watch_stream
 from app.session_store import BoundedMemoryStore
 from app.sessions import SKIP_SESSION, SessionReader
 from app.settings import AuthSettings, Settings, load_settings
@@ -66,6 +69,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     session_reader = SessionReader(sessions, required=bool(settings.auth.keys))
     drain = ShutdownDrain(settings.server.drain_seconds)
+    logs = StreamLogs(settings.stream.resume)
     clients = Authenticator(settings.auth)
     admin_service = AdminService(backend, registry, Authenticator(AuthSettings(keys=settings.auth.admin_keys)), clients)
     chat_service = ChatService(
@@ -76,7 +80,9 @@ def create_app(settings: Settings) -> Litestar:
         sessions=session_reader,
         drain=drain,
         registry=registry,
+        logs=logs,
     )
+    resume_service = ResumeService(logs, settings.stream.ping_interval_seconds, shared=None)
 
     def provide_chat_service() -> ChatService:
         return chat_service
@@ -86,6 +92,9 @@ def create_app(settings: Settings) -> Litestar:
 
     def provide_admin_service() -> AdminService:
         return admin_service
+
+    def provide_resume_service() -> ResumeService:
+        return resume_service
 
     admin_routes = [admin_list_streams, admin_get_stream, admin_stop_stream] if settings.auth.admin_keys else []
 
@@ -108,6 +117,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             chat_stream_get,
             chat_stream_post,
+            create_stream,
+            watch_stream,
             stop_own_stream,
             chat_completions,
             list_models,
@@ -123,11 +134,12 @@ def create_app(settings: Settings) -> Litestar:
             "chat_service": Provide(provide_chat_service, sync_to_thread=False, use_cache=True),
             "drain": Provide(provide_drain, sync_to_thread=False, use_cache=True),
             "admin_service": Provide(provide_admin_service, sync_to_thread=False, use_cache=True),
+            "resume_service": Provide(provide_resume_service, sync_to_thread=False, use_cache=True),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,
         on_startup=[providers.open, limiter.open, drain.install_signal_handlers],
-        on_shutdown=[providers.aclose, limiter.aclose],
+        on_shutdown=[providers.aclose, limiter.aclose, logs.close],
         openapi_config=None,
         logging_config=None,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 FRAME_END = b"\n\n"
@@ -86,7 +86,7 @@ class FrameLog:
         """The seq of the last frame appended (-1: none yet)."""
         return self._lasts[-1] if self._lasts else self._first_seq - 1
 
-    async def send(self, message: MutableMapping[str, Any]) -> None:
+    async def send(self, message: Any) -> None:  # an ASGI `Send` (its message types are a union of TypedDicts)
         """The producer's ASGI `send`: a head, then bodies of whole frames."""
         if message["type"] == "http.response.start":
             self.status = message["status"]
@@ -122,6 +122,15 @@ class FrameLog:
             return b"", position
         bodies = self._bodies[start:]
         return (bodies[0] if len(bodies) == 1 else b"".join(bodies)), self.end
+
+    def read_after(self, position: int, seq: int) -> tuple[bytes, int]:
+        """`read`, less the frames up to `seq` (a client that holds frames the log has yet to get)."""
+        data, end = self.read(position)
+        first = self._lasts[position - self.base - 1] + 1 if position > self.base else self._first_seq
+        if not data or first > seq:
+            return data, end
+        frames = data.split(FRAME_END)[seq + 1 - first : -1]
+        return b"".join(frame + FRAME_END for frame in frames), end
 
     def position_after(self, seq: int) -> tuple[bytes, int]:
         """Where a watcher that holds frames up to `seq` goes on: the frames after `seq` from the entry that holds

@@ -53,4 +53,10 @@ def encode_json_event(event: str, data: bytes, *, id: str, retry_ms: int | None 
     return head.encode() + data + b"\n\n"
 
 
+def encode_json_event_without_id(event: str, data: bytes) -> bytes:
+    """A frame that is not one of a stream's own (a watcher's own ending): with no id, no resume can name it, and
+    EventSource keeps the last id it had."""
+    return f"event: {event}\ndata: ".encode() + data + b"\n\n"
+
+
 PING = encode_comment("ping")

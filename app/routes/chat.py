@@ -1,19 +1,19 @@
-"""`/chat/stream`: GET for `EventSource`, POST with JSON for `fetch` and `curl -N`; `DELETE /chat/streams/{id}`
-stops one's own stream."""
+"""`/chat/stream`: GET for `EventSource` (resumable: `Last-Event-ID` continues the stream it names), POST with
+JSON for `fetch` and `curl -N` (resumable if the body asks)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, delete, get, post
+from litestar import Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
 from litestar.types import ASGIApp
 
-from app.admin import AdminService, shown
 from app.chat_input import parse_json_body, parse_query
 from app.chat_service import ChatService
+from app.replies import no_content
 from app.request_context import request_id_of
+from app.resume import ResumeService, parse_event_id
 from app.sessions import SKIP_SESSION
 
 
@@ -21,10 +21,19 @@ from app.sessions import SKIP_SESSION
 async def chat_stream_get(
     request: Request[Any, Any, Any],
     chat_service: NamedDependency[ChatService],
+    resume_service: NamedDependency[ResumeService],
 ) -> ASGIApp:
     caller = await chat_service.caller(request)
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        # EventSource coming back: the stream it names goes on from there; the prompt is never run again.
+        point = parse_event_id(last_event_id)
+        return await resume_service.watch(point, caller.principal) or no_content
     chat = parse_query(request.query_params)
-    return await chat_service.open_sse(chat, request_id_of(request.scope), caller)
+    if not chat_service.resumable_by_default:
+        return await chat_service.open_sse(chat, request_id_of(request.scope), caller)
+    stream = await chat_service.open_resumable(chat, request_id_of(request.scope), caller)
+    return chat_service.watch_new(stream)
 
 
 @post("/chat/stream", status_code=200, opt={SKIP_SESSION: True})
@@ -34,20 +43,7 @@ async def chat_stream_post(
 ) -> ASGIApp:
     caller = await chat_service.caller(request)
     chat = parse_json_body(await chat_service.read_body(request), request.headers.get("content-type"))
-    return await chat_service.open_sse(chat, request_id_of(request.scope), caller)
-
-
-@delete("/chat/streams/{stream_id:str}", status_code=200, opt={SKIP_SESSION: True})
-async def stop_own_stream(
-    request: Request[Any, Any, Any],
-    chat_service: NamedDependency[ChatService],
-    admin_service: NamedDependency[AdminService],
-    stream_id: FromPath[str],
-) -> Response[dict[str, Any]]:
-    """A client stops its own stream (a UI's Stop button), on whichever replica runs it: 200 and the final
-    record if it ended within 2 s, else 202; another principal's stream is 404, as an unknown one is."""
-    caller = await chat_service.caller(request)
-    ended, record = await admin_service.stop(stream_id, "client", owner=caller.principal)
-    if ended:
-        return Response(shown(record, state="cancelled"), status_code=200)
-    return Response(shown(record), status_code=202)
+    if not chat.resumable:
+        return await chat_service.open_sse(chat, request_id_of(request.scope), caller)
+    stream = await chat_service.open_resumable(chat, request_id_of(request.scope), caller)
+    return chat_service.watch_new(stream)
