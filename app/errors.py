@@ -22,6 +22,7 @@
     └── InternalError                    fault: proxy; 500 internal
         ├── LimitsUnavailable            503 internal (limits store down, fail_closed)
         ├── ServerShutdown               503 server_shutdown
+        ├── StoreUnavailable             503 internal (the stream logs' store is down)
         └── StreamLost                   stream_lost (the replica producing a stream died; a frame only)
 
 Before a stream's 200 is committed an error becomes its HTTP status and a JSON body; after it, an `error`
@@ -198,6 +199,13 @@ class LimitsUnavailable(InternalError):
 class ServerShutdown(InternalError):
     status = 503
     code = "server_shutdown"
+    retryable = True
+
+
+class StoreUnavailable(InternalError):
+    """The shared store of stream logs did not answer, so a resume cannot be served now."""
+
+    status = 503
     retryable = True
 
 

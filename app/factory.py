@@ -15,12 +15,15 @@ from app.admin import AdminService
 from app.backends.base import Backend
 from app.backends.memory import MemoryBackend
 from app.backends.redis import RedisBackend
+from app.backends.redis_log import RedisLogStore
 from app.chat_service import ChatService
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.limits import Limiter
+from app.log_flusher import LogFlusher
 from app.logs import configure_logging
 from app.redaction import Redactor
 from app.registry import StreamRegistry, replica_name
+from app.remote_watcher import SharedLogReader
 from app.resumable import StreamLogs
 from app.resume import ResumeService
 from app.routes.admin import admin_get_stream, admin_list_streams, admin_stop_stream
@@ -70,6 +73,8 @@ def create_app(settings: Settings) -> Litestar:
     session_reader = SessionReader(sessions, required=bool(settings.auth.keys))
     drain = ShutdownDrain(settings.server.drain_seconds)
     logs = StreamLogs(settings.stream.resume)
+    log_store = _log_store(settings)
+    flusher = LogFlusher(logs, log_store, settings.stream.resume.flush_interval_ms / 1000) if log_store else None
     clients = Authenticator(settings.auth)
     admin_service = AdminService(backend, registry, Authenticator(AuthSettings(keys=settings.auth.admin_keys)), clients)
     chat_service = ChatService(
@@ -81,8 +86,10 @@ def create_app(settings: Settings) -> Litestar:
         drain=drain,
         registry=registry,
         logs=logs,
+        remote_watchers=log_store.watched if log_store else None,
     )
-    resume_service = ResumeService(logs, settings.stream.ping_interval_seconds, shared=None)
+    shared = SharedLogReader(log_store) if log_store else None
+    resume_service = ResumeService(logs, settings.stream.ping_interval_seconds, shared=shared)
 
     def provide_chat_service() -> ChatService:
         return chat_service
@@ -138,8 +145,9 @@ def create_app(settings: Settings) -> Litestar:
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,
-        on_startup=[providers.open, limiter.open, drain.install_signal_handlers],
-        on_shutdown=[providers.aclose, limiter.aclose, logs.close],
+        on_startup=[providers.open, limiter.open, *([flusher.open] if flusher else []), drain.install_signal_handlers],
+        # The flusher first: the terminal frames a drain wrote reach Redis before anything closes.
+        on_shutdown=[*([flusher.aclose] if flusher else []), providers.aclose, limiter.aclose, logs.close],
         openapi_config=None,
         logging_config=None,
     )
@@ -165,6 +173,19 @@ def _backend(settings: Settings) -> Backend:
             cancel_messages=state.cancel_messages,
         )
     return MemoryBackend()
+
+
+def _log_store(settings: Settings) -> RedisLogStore | None:
+    state = settings.state
+    if not state.redis_url or not settings.stream.resume.enabled:
+        return None
+    return RedisLogStore(
+        state.redis_url,
+        key_prefix=state.key_prefix,
+        timeout=state.redis_timeout_seconds,
+        retention_seconds=settings.stream.resume.retention_seconds,
+        live_seconds=settings.limits.lease_ttl_seconds,
+    )
 
 
 def _session_store(settings: Settings, backend: Backend) -> Store:

@@ -35,6 +35,7 @@ class FrameLog:
         "_next_seq",
         "_on_end",
         "_waiters",
+        "announced",
         "base",
         "ended",
         "flushed",
@@ -70,6 +71,7 @@ class FrameLog:
         self._waiters: list[asyncio.Future[None]] = []
         self.base = 0  # the position of the oldest entry held (positions count every entry ever appended)
         self.flushed = 0  # the position up to which the shared store has the entries
+        self.announced = False  # the shared store knows the stream (whose it is), before any entry
         self.status: int | None = None  # the producer's answer: 200 (committed) or a refusal's status
         self.head: list[tuple[bytes, bytes]] = []
         self.refusal = b""

@@ -104,26 +104,39 @@ class StreamLogs:
         self._settings = settings
         self._streams: dict[str, ResumableStream] = {}
         self._expiries: dict[str, asyncio.TimerHandle] = {}
-        self.on_end: list[Callable[[FrameLog], None]] = []  # the shared store's flusher listens here
+        # The shared store's flusher listens to both: a new stream is announced at once (a resume elsewhere may
+        # come before its first flush), an ended one is written at once.
+        self.on_add: list[Callable[[FrameLog], None]] = []
+        self.on_end: list[Callable[[FrameLog], None]] = []
 
     def __len__(self) -> int:
         return len(self._streams)
 
     def add(self, stream: ResumableStream) -> None:
         self._streams[stream.stream_id] = stream
+        for listener in self.on_add:
+            listener(stream.log)
 
     def local(self, stream_id: str) -> ResumableStream | None:
         return self._streams.get(stream_id)
 
     def ended(self, log: FrameLog) -> None:
         """A producer's log got its terminal frame (or a refusal): kept for late resumes, then forgotten."""
+        for listener in self.on_end:
+            listener(log)
         if log.status != 200:
             self._streams.pop(log.stream_id, None)  # refused: there never was a stream to resume
             return
-        for listener in self.on_end:
-            listener(log)
         loop = asyncio.get_running_loop()
         self._expiries[log.stream_id] = loop.call_later(self._settings.retention_seconds, self._forget, log.stream_id)
+
+    def unflushed(self) -> list[FrameLog]:
+        """The logs the shared store has yet to hear of, or whose entries it has yet to get."""
+        return [
+            log
+            for log in (s.log for s in self._streams.values())
+            if log.status in (None, 200) and (not log.announced or log.flushed < log.end)
+        ]
 
     def _forget(self, stream_id: str) -> None:
         self._expiries.pop(stream_id, None)

@@ -53,7 +53,7 @@ class StreamWatcher:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         left = asyncio.Event()
-        disconnect = loop.create_task(_cancel_on_disconnect(receive, task, left))
+        disconnect = loop.create_task(cancel_on_disconnect(receive, task, left))
         keepalive = KeepAlive(loop, send, self._ping_interval, PING)
         self._stream.attach()
         try:
@@ -118,7 +118,8 @@ def _truncated(log: FrameLog) -> bytes:
     return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[None], left: asyncio.Event) -> None:
+async def cancel_on_disconnect(receive: Receive, task: asyncio.Task[None], left: asyncio.Event) -> None:
+    """Cancel `task` (a watcher) when its client leaves: that watcher ends, the stream it watched goes on."""
     while (await receive())["type"] != "http.disconnect":
         pass
     left.set()

@@ -1,0 +1,212 @@
+"""Stream logs in Redis Streams, so that a stream can be resumed on any replica.
+
+Keys, hash-tagged by the stream like its registry record (one Redis Cluster slot per stream):
+- `<prefix>stream:{<id>}:log`: the Redis Stream. Each entry carries the frames one flush took from the
+  producer's log: `f` (the seq of its first frame), `d` (the frames, as the SSE bytes every watcher sends) and
+  `t` (1 for the entry holding the terminal frame). Its id is `0-<last seq + 1>`, so that a reader can ask for
+  what follows a seq without scanning, and so that nothing can be appended twice or out of order.
+- `<prefix>stream:{<id>}:meta`: whose stream it is (the principal's digest) and its request id, written as soon
+  as the stream is created (before its first frame), so that a client quick to reconnect elsewhere finds it.
+- `<prefix>stream:{<id>}:live`: set by the first flush for as long as a registry record lives, so that a stream
+  is never taken for lost before its replica's first heartbeat has written its record.
+- `<prefix>stream:{<id>}:watching`: renewed by watchers on other replicas, so that the producing replica does not
+  stop a stream for want of watchers while someone elsewhere follows it.
+
+Writes come from one flusher per replica, one pipeline per flush for all its streams, on a connection of its own
+(a large flush never delays an admission). Each key's TTL is set when the log is first written and when it
+ends, and renewed in between only every half retention time, so most flushes are one XADD per stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from app.backends.base import BackendUnavailable
+from app.backends.resp import Command, RespConnection
+from app.frame_log import FrameLog
+
+# How long a remote watcher blocks on the log before it looks whether the producer is still alive.
+BLOCK_MS = 1000
+
+MARK_LOST = """
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local seq = 0
+if #last > 0 then
+  local fields = last[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' and fields[i + 1] == '1' then return 0 end
+  end
+  seq = tonumber(string.match(last[1][1], '-(%d+)$'))
+end
+local frame = 'id: ' .. ARGV[1] .. '.' .. seq .. '\\nevent: error\\ndata: ' .. ARGV[2] .. '\\n\\n'
+redis.call('XADD', KEYS[1], '0-' .. (seq + 1), 'f', seq, 'd', frame, 't', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    first: int  # seq of its first frame
+    last: int  # seq of its last frame
+    data: bytes
+    terminal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogMeta:
+    owner: str
+    request_id: str
+
+
+class _Written:
+    __slots__ = ("expires_at", "first_seq")
+
+    def __init__(self) -> None:
+        self.first_seq = 0  # the oldest seq the Redis copy still holds
+        self.expires_at = 0.0  # when the keys' TTL was last set, plus half the retention time
+
+
+class RedisLogStore:
+    def __init__(
+        self, url: str, *, key_prefix: str, timeout: float, retention_seconds: float, live_seconds: float
+    ) -> None:
+        self._url = url
+        self._prefix = key_prefix
+        self._timeout = timeout
+        self._retention_ms = int(retention_seconds * 1000)
+        self._live_ms = int(live_seconds * 1000)
+        self._pipe = RespConnection(url, timeout=timeout)
+        self._redis: aioredis.Redis | None = None
+        self._mark_lost: Any = None
+        self._written: dict[str, _Written] = {}
+        self.flushes = 0  # pipelines sent (the benchmark reads it)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """Reads, some blocking: a client of their own, whose socket time-out outlasts a blocking read."""
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                self._url,
+                socket_timeout=BLOCK_MS / 1000 + self._timeout,
+                socket_connect_timeout=self._timeout,
+            )
+            self._mark_lost = self._redis.register_script(MARK_LOST)
+        return self._redis
+
+    async def aclose(self) -> None:
+        await self._pipe.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    def _key(self, stream_id: str, kind: str) -> str:
+        return f"{self._prefix}stream:{{{stream_id}}}:{kind}"
+
+    def _record_key(self, stream_id: str) -> str:
+        return f"{self._prefix}stream:{{{stream_id}}}"
+
+    async def flush(self, logs: Sequence[FrameLog], refused: Sequence[FrameLog] = ()) -> None:
+        """Write what each log has that Redis has not, in one pipeline, and forget the `refused` ones; a log's
+        `flushed` moves on only once Redis took its entries. Raises `BackendUnavailable` if the pipeline failed
+        (the next flush retries)."""
+        commands: list[Command] = []
+        ends: list[tuple[FrameLog, int]] = []
+        now = time.monotonic()
+        for log in refused:
+            commands.append(("DEL", self._key(log.stream_id, "meta"), self._key(log.stream_id, "live")))
+            self._written.pop(log.stream_id, None)
+        for log in logs:
+            ends.append((log, log.end))
+            commands += self._commands(log, now)
+        if not commands:
+            return
+        self.flushes += 1
+        try:
+            replies = await self._pipe.execute(commands)
+        except RedisError as exc:
+            raise BackendUnavailable(f"could not write stream logs: {exc}") from exc
+        for reply in replies:
+            # An XADD refused as out of order: a watcher declared the stream lost (its replica was taken for
+            # dead); the log keeps that ending.
+            if isinstance(reply, ResponseError) and "equal or smaller" not in str(reply):
+                raise BackendUnavailable(f"could not write stream logs: {reply}")
+        for log, end in ends:
+            log.announced = True
+            log.flushed = end
+            if log.ended and end == log.end:
+                self._written.pop(log.stream_id, None)
+
+    def _commands(self, log: FrameLog, now: float) -> list[Command]:
+        """What the flush sends for one log: its announcement, its new entries in one XADD, a trim, TTLs."""
+        commands: list[Command] = []
+        stream_id = log.stream_id
+        key = self._key(stream_id, "log")
+        written = self._written.setdefault(stream_id, _Written())
+        if not log.announced:
+            commands.append(("HSET", self._key(stream_id, "meta"), "o", log.owner, "r", log.request_id))
+            commands.append(("SET", self._key(stream_id, "live"), "1", "PX", self._live_ms))
+        entries = log.entries(log.flushed)
+        if entries:
+            first, last = entries[0][0], entries[-1][1]
+            data = entries[0][2] if len(entries) == 1 else b"".join(e[2] for e in entries)
+            commands.append(("XADD", key, f"0-{last + 1}", "f", first, "d", data, "t", 1 if log.ended else 0))
+        if log.first_seq > written.first_seq:
+            written.first_seq = log.first_seq
+            commands.append(("XTRIM", key, "MINID", f"0-{log.first_seq + 1}"))
+        if log.ended or now >= written.expires_at:
+            written.expires_at = now + self._retention_ms / 2000
+            for kind in ("log", "meta"):
+                commands.append(("PEXPIRE", self._key(stream_id, kind), self._retention_ms))
+        return commands
+
+    async def watched(self, stream_id: str) -> bool:
+        """Whether a watcher on another replica follows the stream now."""
+        try:
+            return bool(await self.client.exists(self._key(stream_id, "watching")))
+        except RedisError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    async def watching(self, stream_id: str, seconds: float) -> None:
+        await self.client.set(self._key(stream_id, "watching"), b"1", px=int(seconds * 1000))
+
+    async def meta(self, stream_id: str) -> LogMeta | None:
+        fields: Any = await self.client.hgetall(self._key(stream_id, "meta"))
+        if not fields or b"o" not in fields:
+            return None
+        return LogMeta(owner=fields[b"o"].decode(), request_id=fields.get(b"r", b"").decode())
+
+    async def entries(self, stream_id: str, after: int, *, block: bool) -> list[LogEntry]:
+        """The entries holding frames after seq `after`; with `block`, waits up to `BLOCK_MS` for one."""
+        key = self._key(stream_id, "log")
+        raw: Any  # redis-py types its replies loosely: [(entry id, {field: value})]
+        if block:
+            reply: Any = await self.client.xread({key: f"0-{after + 1}"}, block=BLOCK_MS)
+            raw = reply[0][1] if reply else []
+        else:
+            raw = await self.client.xrange(key, min=f"0-{after + 2}")
+        return [_entry(entry_id, fields) for entry_id, fields in raw]
+
+    async def latest(self, stream_id: str) -> LogEntry | None:
+        raw: Any = await self.client.xrevrange(self._key(stream_id, "log"), count=1)
+        return _entry(*raw[0]) if raw else None
+
+    async def mark_lost(self, stream_id: str, frame_json: bytes) -> bool:
+        """End a stream whose producer is gone (no record, no live key, no terminal entry) with one `error`
+        frame, atomically: whichever watcher comes first appends it, the others find it there."""
+        self.client  # noqa: B018 - registers the script
+        keys = [self._key(stream_id, "log"), self._record_key(stream_id), self._key(stream_id, "live")]
+        return bool(await self._mark_lost(keys=keys, args=[stream_id, frame_json, self._retention_ms]))
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
+    last = int(entry_id.rsplit(b"-", 1)[1]) - 1
+    return LogEntry(first=int(fields[b"f"]), last=last, data=fields[b"d"], terminal=fields.get(b"t") == b"1")

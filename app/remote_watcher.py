@@ -1,0 +1,140 @@
+"""Watching a stream produced on another replica, through its log in Redis.
+
+`SharedLogReader.watch` answers a resume that this replica cannot serve from its own logs: from the log's
+meta (whose stream it is) and its entries after the resume point it decides 404, 410 or 204 before anything is
+committed, exactly as a local resume would. `RemoteWatcher` then sends those entries and follows the tail
+with `XREAD BLOCK` (no polling, no pub/sub handshake to race with). Each time a blocking read comes back empty it
+renews the stream's `watching` key (so the producing replica does not stop the stream for want of watchers)
+and asks whether the producer is still alive; if its record and live key have both expired with no terminal
+entry, the stream ends with one `error` `stream_lost`, appended by a Lua script that checks and appends at once:
+whichever watcher gets there first writes it, every watcher reads the same frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from litestar.types import ASGIApp, Receive, Scope, Send
+from redis.exceptions import RedisError
+
+from app.backends.base import BackendUnavailable
+from app.backends.redis_log import BLOCK_MS, LogEntry, RedisLogStore
+from app.errors import StoreUnavailable, StreamNotFound, StreamTruncated
+from app.frame_log import FRAME_END
+from app.frames import ErrorFrame
+from app.keepalive import KeepAlive
+from app.resume import ResumePoint, resume_head
+from app.sse import PING, encode_json_event_without_id
+from app.watcher import cancel_on_disconnect
+
+logger = logging.getLogger("tokenrelay.resume")
+
+LOST_MESSAGE = "the server producing this stream stopped before its end; what it produced was replayed"
+
+
+class SharedLogReader:
+    def __init__(self, store: RedisLogStore) -> None:
+        self._store = store
+
+    async def watch(self, point: ResumePoint, owner: str, ping_interval: float) -> ASGIApp | None:
+        store = self._store
+        try:
+            meta = await store.meta(point.stream_id)
+            if meta is None or meta.owner != owner:
+                raise StreamNotFound("no such stream (it may have expired)")
+            entries = await store.entries(point.stream_id, point.seq, block=False)
+            if entries and entries[0].first > point.seq + 1:
+                raise StreamTruncated(
+                    f"the stream's log no longer holds the frames after {point.seq}; its oldest is {entries[0].first}"
+                )
+            if not entries:
+                # Nothing after the point yet: the stream has ended (204), or its next frames are on their way.
+                latest = await store.latest(point.stream_id)
+                if latest is not None and latest.terminal:
+                    return None
+        except RedisError as exc:
+            raise StoreUnavailable("the stream store is unreachable; retry shortly", retry_after=1) from exc
+        lost = msgspec.json.encode(
+            ErrorFrame(code="stream_lost", message=LOST_MESSAGE, retryable=True, request_id=meta.request_id)
+        )
+        return RemoteWatcher(store, point, entries, ping_interval, lost)
+
+
+class RemoteWatcher:
+    __slots__ = ("_entries", "_lost", "_ping_interval", "_point", "_store")
+
+    def __init__(
+        self, store: RedisLogStore, point: ResumePoint, entries: list[LogEntry], ping_interval: float, lost: bytes
+    ) -> None:
+        self._store = store
+        self._point = point
+        self._entries = entries
+        self._ping_interval = ping_interval
+        self._lost = lost  # the JSON of the `stream_lost` error, should this watcher be the one to append it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
+        left = asyncio.Event()
+        disconnect = loop.create_task(cancel_on_disconnect(receive, task, left))
+        keepalive = KeepAlive(loop, send, self._ping_interval, PING)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": resume_head(self._point.stream_id)})
+            keepalive.start()
+            await self._follow(send, keepalive)
+        except asyncio.CancelledError:
+            if not left.is_set():
+                raise
+            task.uncancel()
+        finally:
+            keepalive.stop()
+            disconnect.cancel()
+
+    async def _follow(self, send: Send, keepalive: KeepAlive) -> None:
+        stream_id, after, entries = self._point.stream_id, self._point.seq, self._entries
+        watching_until = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            body = b"".join(_after(entry, after) for entry in entries)
+            terminal = any(entry.terminal for entry in entries)
+            if entries:
+                after = max(after, entries[-1].last)
+            if body or terminal:
+                keepalive.wrote()
+                await send({"type": "http.response.body", "body": body, "more_body": not terminal})
+            if terminal:
+                return
+            try:
+                if loop.time() >= watching_until:
+                    watching_until = loop.time() + BLOCK_MS / 1000
+                    await self._store.watching(stream_id, 3 * BLOCK_MS / 1000)
+                entries = await self._store.entries(stream_id, after, block=True)
+                if not entries and await self._store.mark_lost(stream_id, self._lost):
+                    logger.warning("stream %s: its producer is gone; ended it as lost", stream_id)
+            except (RedisError, BackendUnavailable) as exc:
+                logger.warning("stream %s: the stream store failed under a watcher: %s", stream_id, exc)
+                await send({"type": "http.response.body", "body": _store_failed(), "more_body": False})
+                return
+
+
+def _after(entry: LogEntry, seq: int) -> bytes:
+    """The entry's frames after `seq`."""
+    if entry.first > seq:
+        return entry.data
+    if entry.last <= seq:
+        return b""
+    frames = entry.data.split(FRAME_END)[seq + 1 - entry.first : -1]
+    return b"".join(frame + FRAME_END for frame in frames)
+
+
+def _store_failed() -> bytes:
+    frame = ErrorFrame(
+        code="internal",
+        message="the stream store failed; resume with Last-Event-ID in a moment",
+        retryable=True,
+        request_id="",
+    )
+    return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
