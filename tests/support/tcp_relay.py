@@ -36,6 +36,17 @@ class SeveringRelay:
             pair.severed = True
             pair.server.transport.abort()
 
+    def cut(self) -> None:
+        """Reset every current connection on both sides at once, as a proxy or load balancer restarting does."""
+        for pair in list(self._pairs):
+            pair.severed = True
+            pair.client.transport.abort()
+            pair.server.transport.abort()
+
+    @property
+    def connections(self) -> int:
+        return len(self._pairs)
+
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
