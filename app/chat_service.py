@@ -118,22 +118,20 @@ class ChatService:
 
     async def open_sse(self, chat: ChatInput, request_id: str, caller: Caller) -> StreamRun:
         """`/chat/stream` served to this request's client alone: tokenrelay's own SSE frames."""
-        run, _ = await self._sse_run(chat, request_id, caller)
-        return run
+        return await self._sse_run(chat, request_id, caller)
 
     async def open_resumable(
         self, chat: ChatInput, request_id: str, caller: Caller, *, detached: bool = False
     ) -> ResumableStream:
         """`/chat/stream` produced into a log, which this request's client and any later one watch; `detached`:
         it runs to its end whether or not anyone watches (`POST /chat/streams`)."""
-        run, encoder = await self._sse_run(chat, request_id, caller)
+        run = await self._sse_run(chat, request_id, caller)
         resume = self._settings.stream.resume
         log = FrameLog(
             run.stream_id,
             owner=owner_digest(caller.principal),
             request_id=request_id,
             max_bytes=resume.max_bytes,
-            next_seq=encoder.next_seq,
             on_end=self._logs.ended,
         )
         stream = ResumableStream(
@@ -147,7 +145,7 @@ class ChatService:
         """The watcher of the request that created `stream`: answered with the producer's own head."""
         return StreamWatcher(stream, position=0, head=None, ping_interval=self._settings.stream.ping_interval_seconds)
 
-    async def _sse_run(self, chat: ChatInput, request_id: str, caller: Caller) -> tuple[StreamRun, SSEEncoder]:
+    async def _sse_run(self, chat: ChatInput, request_id: str, caller: Caller) -> StreamRun:
         route = self._providers.resolve(chat.model)
         check_model(caller.identity, route.public_model)
         request = ChatRequest(
@@ -161,8 +159,7 @@ class ChatService:
         )
         stream_id = new_stream_id()
         encoder = SSEEncoder(stream_id, self._settings.stream.retry_ms)
-        run = await self._run(stream_id, route, request, encoder, caller=caller, api="chat", transport="sse")
-        return run, encoder
+        return await self._run(stream_id, route, request, encoder, caller=caller, api="chat", transport="sse")
 
     async def open_completion(self, chat: ChatCompletionInput, request_id: str, caller: Caller) -> StreamRun:
         """`/v1/chat/completions`: OpenAI chunks when `stream` is true, one `chat.completion` otherwise."""

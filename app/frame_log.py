@@ -7,8 +7,9 @@ so the watcher on the producing replica never waits for anything but the produce
 bytes: beyond `max_bytes` its oldest entries are dropped, and a resume from them is refused as truncated.
 
 A `/chat/stream` frame holds exactly one blank line, its end (its JSON data is compact and its other lines are
-tokenrelay's own), so an entry can be cut between frames by splitting on it: a resume from inside an entry
-(the start and the first token leave in one body) gets only the frames after its seq.
+tokenrelay's own), and seqs count frames from 0: so the log counts the frames of each body itself, and an entry
+can be cut between frames by splitting on it (a resume from inside an entry, since the start and the first
+token leave in one body, gets only the frames after its seq).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class FrameLog:
         "_first_seq",
         "_lasts",
         "_max_bytes",
-        "_next_seq",
         "_on_end",
         "_waiters",
         "announced",
@@ -55,14 +55,12 @@ class FrameLog:
         owner: str,
         request_id: str,
         max_bytes: int,
-        next_seq: Callable[[], int],
         on_end: Callable[[FrameLog], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.owner = owner  # the principal's digest: only its own client may watch
         self.request_id = request_id
         self._max_bytes = max_bytes
-        self._next_seq = next_seq  # the encoder's count of frames made: the seq after the last body's
         self._on_end = on_end
         self._bodies: list[bytes] = []
         self._lasts: list[int] = []  # the seq of each entry's last frame
@@ -106,8 +104,8 @@ class FrameLog:
         self._wake()
 
     def _append(self, body: bytes) -> None:
+        self._lasts.append(self.last_seq + body.count(FRAME_END))
         self._bodies.append(body)
-        self._lasts.append(self._next_seq() - 1)
         self._bytes += len(body)
         while self._bytes > self._max_bytes and len(self._bodies) > 1:
             self._bytes -= len(self._bodies[0])

@@ -30,10 +30,6 @@ class SSEEncoder:
         self._retry_ms = retry_ms
         self._seq = 0
 
-    def next_seq(self) -> int:
-        """The seq the next frame will have (every frame made so far has a lower one)."""
-        return self._seq
-
     def start(self, frame: StartFrame) -> bytes:
         return self._frame(frame)
 
