@@ -146,8 +146,8 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.limits.max_body_bytes,
         on_startup=[providers.open, limiter.open, *([flusher.open] if flusher else []), drain.install_signal_handlers],
-        # The flusher first: the terminal frames a drain wrote reach Redis before anything closes.
-        on_shutdown=[*([flusher.aclose] if flusher else []), providers.aclose, limiter.aclose, logs.close],
+        # Producers still running end first, then the flusher writes their terminal frames to Redis.
+        on_shutdown=[logs.close, *([flusher.aclose] if flusher else []), providers.aclose, limiter.aclose],
         openapi_config=None,
         logging_config=None,
     )

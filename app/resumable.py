@@ -13,11 +13,13 @@ another. A detached stream (`POST /chat/streams`) runs to its end whoever watche
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from app.frame_log import FrameLog
 from app.settings import ResumeSettings
+from app.shutdown import FINAL_WRITE_SECONDS
 from app.streams import StreamRun
 
 logger = logging.getLogger("tokenrelay.resume")
@@ -47,6 +49,16 @@ class ResumableStream:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run.produce(self.log.send))
+
+    async def stop_and_wait(self, seconds: float) -> None:
+        """End the stream for a shutdown (its watchers get `cancel` `server_shutdown`) and wait for its end."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self.run.stop("server_shutdown")
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(task)
 
     async def opened(self) -> int:
         """The producer's answer: 200 once it committed to a target, else the refusal's status."""
@@ -142,7 +154,11 @@ class StreamLogs:
         self._expiries.pop(stream_id, None)
         self._streams.pop(stream_id, None)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """At shutdown: streams still running end now (a server without a signal drain, such as an embedded one,
+        has not stopped them), and the retained logs go."""
+        running = [s for s in self._streams.values() if not s.log.ended]
+        await asyncio.gather(*(s.stop_and_wait(FINAL_WRITE_SECONDS + 0.5) for s in running))
         for timer in self._expiries.values():
             timer.cancel()
         self._expiries.clear()

@@ -13,6 +13,7 @@ Targets, measured interleaved round by round:
   v1            tokenrelay /v1/chat/completions, memory backend
   chat          tokenrelay /chat/stream, memory backend
   v1-redis      tokenrelay /v1/chat/completions, Redis backend
+  chat-resume   tokenrelay /chat/stream with "resumable": true (memory; and Redis for its command count)
 
 Scenarios: TTFT at c=1 and c=32 (64 tokens 5 ms apart, first at 20 ms); burst throughput (c=64, 1,024 tokens, no
 delay) with CPU per token; paced streams (64 tokens 20 ms apart: CPU per token at c=100, and the highest
@@ -25,165 +26,38 @@ PASS or FAIL, and the exit status is 1 when one fails: a benchmark that cannot f
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import contextlib
 import json
 import os
 import resource
 import secrets
-import statistics
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvloop
-from redis import asyncio as aioredis
 
-from bench.loadgen import Outcome, Target, one_stream, run_concurrent
-from bench.processes import ROOT, cpu_seconds, free_port, process, rss_bytes, wait_until_serving
+from bench.loadgen import Target, run_concurrent
+from bench.processes import ROOT, free_port, process, wait_until_serving
+from bench.resume_cost import judge_resume, resume_cost
+from bench.scenarios import (
+    BURST,
+    MODELS,
+    PACED,
+    TTFT,
+    Figures,
+    no_stall,
+    open_streams,
+    redis_commands,
+    throughput,
+    ttft,
+)
 from tests.support.redis_server import RedisServer  # the same redis-server the tests use
 
-TTFT = ("gen?n=64&gap_ms=5&first_ms=20", 64)
-BURST = ("gen?n=1024", 1024)
-PACED = ("gen?n=64&gap_ms=20", 64)
-SLOW = ("gen?n=14&gap_ms=500", 14)  # 7 s: every stream of the ramp below is still open when RSS is read
-SLOW_LONG = ("gen?n=30&gap_ms=500", 30)  # 15 s: for 10,000, opened over 10 s
-LONG_PACED = ("gen?n=250&gap_ms=20", 250)  # 5 s: every stream lives through two heartbeats or more
-MODELS = (TTFT[0], BURST[0], PACED[0], SLOW[0], SLOW_LONG[0], LONG_PACED[0])
 TOKENRELAYS = ("v1", "chat", "v1-redis")
 _OPENAI_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"}],"stream":true}'
 _CHAT_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"}]}'
-
-
-@dataclass
-class Figures:
-    values: dict[str, float] = field(default_factory=dict)
-    verdicts: list[tuple[bool, str]] = field(default_factory=list)
-
-    def goal(self, ok: bool, text: str) -> None:
-        self.verdicts.append((ok, text))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-def failures(outcomes: list[Outcome]) -> list[str]:
-    return [o.error for o in outcomes if not o.ok]
-
-
-async def ttft(targets: list[Target], c: int, per_worker: int, rounds: int, out: Figures) -> None:
-    samples: dict[str, list[float]] = {t.name: [] for t in targets}
-    for _ in range(rounds):
-        for target in targets:
-            outcomes = await run_concurrent(target, TTFT[0], TTFT[1], c, per_worker)
-            if bad := failures(outcomes):
-                raise RuntimeError(f"{target.name}: {bad[0]}")
-            samples[target.name] += [o.first_token for o in outcomes]
-    direct = samples["direct"]
-    for name, values in samples.items():
-        for q in (0.5, 0.99):
-            key = f"ttft_c{c}_{name}_p{round(q * 100)}_ms"
-            out.values[key] = percentile(values, q) * 1000
-            out.values[f"ttft_c{c}_{name}_p{round(q * 100)}_overhead_ms"] = (
-                percentile(values, q) - percentile(direct, q)
-            ) * 1000
-
-
-async def throughput(
-    targets: list[Target], rounds: int, scenario: str, model: tuple[str, int], *, concurrency: int, out: Figures
-) -> None:
-    """Tokens per second and the relay's CPU per token, `concurrency` streams of `model` at once, per round."""
-    rates: dict[str, list[float]] = {t.name: [] for t in targets}
-    cpu: dict[str, list[float]] = {t.name: [] for t in targets}
-    for _ in range(rounds):
-        for target in targets:
-            before, began = cpu_seconds(target.pid), time.perf_counter()
-            outcomes = await run_concurrent(target, model[0], model[1], concurrency, 1)
-            elapsed = time.perf_counter() - began
-            if bad := failures(outcomes):
-                raise RuntimeError(f"{target.name}: {bad[0]}")
-            tokens = model[1] * len(outcomes)
-            rates[target.name].append(tokens / elapsed)
-            cpu[target.name].append((cpu_seconds(target.pid) - before) / tokens)
-    _ratios(out, scenario, rates, cpu)
-
-
-async def no_stall(targets: list[Target], levels: tuple[int, ...], out: Figures) -> None:
-    """The highest concurrency at which no paced stream stalls (a gap over 200 ms, or an error)."""
-    for target in targets:
-        best = 0
-        for level in levels:
-            outcomes = await run_concurrent(target, PACED[0], PACED[1], level, 1)
-            if failures(outcomes) or max(o.longest_gap for o in outcomes) > 0.2:
-                break
-            best = level
-        out.values[f"paced_{target.name}_no_stall_concurrency"] = best
-
-
-def _ratios(out: Figures, scenario: str, rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
-    for name, rate in rates.items():
-        out.values[f"{scenario}_{name}_tok_s"] = statistics.median(rate)
-        out.values[f"{scenario}_{name}_cpu_us_per_token"] = statistics.median(cpu[name]) * 1e6
-        for base in ("direct", "floor"):
-            per_round = [a / b for a, b in zip(rate, rates[base], strict=True)]
-            out.values[f"{scenario}_{name}_to_{base}"] = statistics.median(per_round)
-        if name != "direct":
-            per_round = [a / b for a, b in zip(cpu[name], cpu["floor"], strict=True)]
-            out.values[f"{scenario}_{name}_cpu_to_floor"] = statistics.median(per_round)
-
-
-async def open_streams(target: Target, count: int, out: Figures) -> None:
-    """`count` slow streams (7 s each) opened at 1,000 a second, so that all are open at once a second after.
-
-    The ramp is the rate a load balancer hands one replica in a surge; opening thousands in the same instant
-    would measure the listen backlog and the load generator's own core instead of the relay."""
-    ramp = max(1.0, count / 1000)
-    model = SLOW if ramp + 2 < SLOW[1] * 0.5 else SLOW_LONG
-
-    async def launch(index: int) -> Outcome:
-        await asyncio.sleep(index * ramp / count)
-        return await one_stream(target, *model)
-
-    rss_before = rss_bytes(target.pid)
-    tasks = [asyncio.ensure_future(launch(i)) for i in range(count)]
-    await asyncio.sleep(ramp + 1.0)
-    rss_open = rss_bytes(target.pid)
-    outcomes = await asyncio.gather(*tasks)
-    name = f"open{count}_{target.name}"
-    out.values[f"{name}_errors"] = len(bad := failures(outcomes))
-    for error, times in collections.Counter(bad).most_common(5):
-        print(f"{target.name}, {count} open streams: {times} x {error}", file=sys.stderr)
-    out.values[f"{name}_ttft_p99_ms"] = percentile([o.first_token for o in outcomes if o.ok], 0.99) * 1000
-    if target.pid is not None:
-        out.values[f"{name}_kib_per_stream"] = (rss_open - rss_before) / count / 1024
-
-
-async def redis_commands(target: Target, redis_url: str, out: Figures) -> None:
-    """Redis commands per 1,000 relayed tokens and per stream, from INFO commandstats around 100 paced streams
-    that each outlive two heartbeats (a per-token command would show as hundreds per 1,000 tokens)."""
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.config_resetstat()
-        outcomes = await run_concurrent(target, LONG_PACED[0], LONG_PACED[1], 100, 1)
-        if bad := failures(outcomes):
-            raise RuntimeError(f"{target.name}: {bad[0]}")
-        stats = await client.info("commandstats")
-    finally:
-        await client.aclose()
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    calls.pop("config", None)
-    calls.pop("info", None)
-    tokens = LONG_PACED[1] * len(outcomes)
-    # INFO counts the commands the scripts run as well as those sent: this is every command Redis executed.
-    out.values["redis_commands_per_1000_tokens"] = sum(calls.values()) / tokens * 1000
-    out.values["redis_commands_per_stream"] = sum(calls.values()) / len(outcomes)
-    out.values["redis_evalsha_per_stream"] = calls.get("evalsha", 0) / len(outcomes)
-    print(f"Redis commands, {len(outcomes)} streams, {tokens:,} tokens: {dict(sorted(calls.items()))}", file=sys.stderr)
+_RESUMABLE_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"}],"resumable":true}'
 
 
 def judge(out: Figures, open_count: int) -> None:
@@ -220,7 +94,7 @@ def judge(out: Figures, open_count: int) -> None:
 
 def report(out: Figures, open_count: int) -> str:
     v = out.values
-    names = ("direct", "floor", *TOKENRELAYS)
+    names = ("direct", "floor", *TOKENRELAYS, "chat-resume")
     lines = ["tokenrelay bench: ratios are to direct and to the floor (the minimal relay), medians of rounds"]
     header = f"{'':32}" + "".join(f"{n:>12}" for n in names)
     lines.append(header)
@@ -241,7 +115,16 @@ def report(out: Figures, open_count: int) -> str:
     row(f"{open_count} open: errors", f"open{open_count}_{{}}_errors", ".0f")
     row(f"{open_count} open: TTFT p99 ms", f"open{open_count}_{{}}_ttft_p99_ms", ".1f")
     row(f"{open_count} open: KiB/stream", f"open{open_count}_{{}}_kib_per_stream", ".1f")
-    for key in ("redis_commands_per_1000_tokens", "redis_commands_per_stream", "redis_evalsha_per_stream"):
+    row("resume: burst tokens/s", "resume_burst_{}_tok_s", ",.0f")
+    row("resume: burst CPU us/token", "resume_burst_{}_cpu_us_per_token", ".2f")
+    for key in (
+        "redis_commands_per_1000_tokens",
+        "redis_commands_per_stream",
+        "redis_evalsha_per_stream",
+        "resume_redis_commands_per_1000_tokens",
+        "resume_redis_xadd_per_1000_tokens",
+        "resume_redis_xadd_per_second",
+    ):
         if key in v:
             lines.append(f"{key.replace('_', ' '):32}{v[key]:>60.1f}")
     lines.append("")
@@ -264,10 +147,10 @@ def tokenrelay_config(upstream_port: int, redis_url: str, prefix: str) -> str:
     )
 
 
-async def measure(targets: list[Target], quick: bool, open_count: int, redis_url: str) -> Figures:
+async def measure(targets: list[Target], extra: list[Target], quick: bool, open_count: int, redis_url: str) -> Figures:
     out = Figures()
     rounds = 2 if quick else 3
-    by_name = {t.name: t for t in targets}
+    by_name = {t.name: t for t in (*targets, *extra)}
     for target in targets:  # warm up every path: pools, imports, caches
         await run_concurrent(target, TTFT[0], TTFT[1], 8, 2)
     # First, while the processes hold little: a process's RSS grows with what it holds at once, and once a
@@ -280,7 +163,16 @@ async def measure(targets: list[Target], quick: bool, open_count: int, redis_url
     await throughput(targets, rounds, "paced", PACED, concurrency=100, out=out)
     await no_stall(targets, (250, 500, 1000) if quick else (250, 500, 1000, 1500, 2000, 3000), out)
     await redis_commands(by_name["v1-redis"], redis_url, out)
+    await resume_cost(
+        by_name["chat"],
+        by_name["chat-resume"],
+        by_name["chat-resume-redis"],
+        redis_url=redis_url,
+        rounds=rounds,
+        out=out,
+    )
     judge(out, open_count)
+    judge_resume(out)
     return out
 
 
@@ -298,7 +190,24 @@ async def measure_workers(targets: list[Target], count: int, workers: int) -> Fi
     return out
 
 
-def main() -> None:
+def _targets(ports: dict[str, int], auth: str, pids: dict[str, int]) -> tuple[list[Target], list[Target]]:
+    """The targets of every scenario, and those the resume scenario alone measures."""
+    upstream_port, floor_port, memory_port, redis_port = (ports[k] for k in ("upstream", "floor", "memory", "redis"))
+    targets = [
+        Target("direct", upstream_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]"),
+        Target("floor", floor_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", pid=pids["floor"]),
+        Target("v1", memory_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", auth, pids["memory"]),
+        Target("chat", memory_port, "/chat/stream", _CHAT_BODY, b"event: done", auth, pids["memory"]),
+        Target("v1-redis", redis_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", auth, pids["redis"]),
+    ]
+    resumable = [
+        Target("chat-resume", memory_port, "/chat/stream", _RESUMABLE_BODY, b"event: done", auth, pids["memory"]),
+        Target("chat-resume-redis", redis_port, "/chat/stream", _RESUMABLE_BODY, b"event: done", auth, pids["redis"]),
+    ]
+    return targets, resumable
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="fewer rounds and levels")
@@ -310,7 +219,11 @@ def main() -> None:
         help="only 10,000 open streams, through tokenrelay with this many worker processes and Redis",
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     open_count = 10000 if args.workers > 1 else 5000 if args.full else 1000
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -356,20 +269,15 @@ def main() -> None:
                     cmd += ["--workers", str(args.workers)]
                     cpu = None  # the workers share the machine with the load generator
                 pids[name] = stack.enter_context(process(cmd, env, cpu)).pid
-            targets = [
-                Target("direct", upstream_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]"),
-                Target("floor", floor_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", pid=pids["floor"]),
-                Target("v1", memory_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", auth, pids["memory"]),
-                Target("chat", memory_port, "/chat/stream", _CHAT_BODY, b"event: done", auth, pids["memory"]),
-                Target("v1-redis", redis_port, "/v1/chat/completions", _OPENAI_BODY, b"[DONE]", auth, pids["redis"]),
-            ]
+            ports = {"upstream": upstream_port, "floor": floor_port, "memory": memory_port, "redis": redis_port}
+            targets, resumable = _targets(ports, auth, pids)
 
             async def bench() -> Figures:
-                for port in (upstream_port, floor_port, memory_port, redis_port):
+                for port in ports.values():
                     await wait_until_serving(port)
                 if args.workers > 1:
                     return await measure_workers(targets, open_count, args.workers)
-                return await measure(targets, args.quick, open_count, redis.url)
+                return await measure(targets, resumable, args.quick, open_count, redis.url)
 
             figures = uvloop.run(bench())
     finally:

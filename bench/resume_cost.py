@@ -1,0 +1,49 @@
+"""The resume scenario of `python -m bench.run`: what a stream's log costs, against the same stream without one."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from redis import asyncio as aioredis
+
+from bench.loadgen import Target, run_concurrent
+from bench.scenarios import BURST, LONG_PACED, Figures, failures, throughput, ttft
+
+
+async def resume_cost(off: Target, on: Target, on_redis: Target, *, redis_url: str, rounds: int, out: Figures) -> None:
+    """What a log costs: resumable `/chat/stream` (its producer a task of its own, a log its watcher follows)
+    against the same stream served straight to its client, interleaved; then, with Redis, what the flusher sends
+    for 100 paced streams."""
+    pair = [off, on]
+    await throughput(pair, rounds, "resume_burst", BURST, concurrency=64, out=out)
+    await ttft(pair, 1, 10, rounds, out)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.config_resetstat()
+        began = time.perf_counter()
+        outcomes = await run_concurrent(on_redis, LONG_PACED[0], LONG_PACED[1], 100, 1)
+        elapsed = time.perf_counter() - began
+        if bad := failures(outcomes):
+            raise RuntimeError(f"{on_redis.name}: {bad[0]}")
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    calls.pop("config", None)
+    calls.pop("info", None)
+    tokens = LONG_PACED[1] * len(outcomes)
+    out.values["resume_redis_commands_per_1000_tokens"] = sum(calls.values()) / tokens * 1000
+    out.values["resume_redis_xadd_per_1000_tokens"] = calls.get("xadd", 0) / tokens * 1000
+    out.values["resume_redis_xadd_per_second"] = calls.get("xadd", 0) / elapsed
+    print(f"Redis commands with resume, {tokens:,} tokens: {dict(sorted(calls.items()))}", file=sys.stderr)
+
+
+def judge_resume(out: Figures) -> None:
+    v = out.values
+    ratio = v["resume_burst_chat-resume_tok_s"] / v["resume_burst_chat_tok_s"]
+    out.goal(ratio >= 0.95, f"chat-resume: burst tokens/s {ratio:.2f} x resume off (>= 0.95)")
+    c1 = v["ttft_c1_chat-resume_p50_overhead_ms"] - v["ttft_c1_chat_p50_overhead_ms"]
+    out.goal(c1 <= 0.3, f"chat-resume: TTFT p50 overhead at c=1 {c1:+.2f} ms beyond resume off (<= 0.3)")
+    per_1000 = v["resume_redis_commands_per_1000_tokens"]
+    out.goal(per_1000 < 1000, f"chat-resume-redis: {per_1000:.1f} Redis commands per 1,000 tokens (none per token)")
