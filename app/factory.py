@@ -88,7 +88,7 @@ def create_app(settings: Settings) -> Litestar:
         logs=logs,
         remote_watchers=log_store.watched if log_store else None,
     )
-    shared = SharedLogReader(log_store) if log_store else None
+    shared = SharedLogReader(log_store, drain) if log_store else None
     resume_service = ResumeService(logs, settings.stream.ping_interval_seconds, shared=shared)
 
     def provide_chat_service() -> ChatService:

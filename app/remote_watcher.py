@@ -13,7 +13,9 @@ whichever watcher gets there first writes it, every watcher reads the same frame
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 
 import msgspec
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -26,7 +28,9 @@ from app.frame_log import FRAME_END
 from app.frames import ErrorFrame
 from app.keepalive import KeepAlive
 from app.resume import ResumePoint, resume_head
-from app.sse import PING, encode_json_event_without_id
+from app.shutdown import ShutdownDrain
+from app.sse import PING, encode_json_event_without_id, encode_retry
+from app.streams import SHUTDOWN_RETRY_MS
 from app.watcher import cancel_on_disconnect
 
 logger = logging.getLogger("tokenrelay.resume")
@@ -35,8 +39,9 @@ LOST_MESSAGE = "the server producing this stream stopped before its end; what it
 
 
 class SharedLogReader:
-    def __init__(self, store: RedisLogStore) -> None:
+    def __init__(self, store: RedisLogStore, drain: ShutdownDrain) -> None:
         self._store = store
+        self._drain = drain
 
     async def watch(self, point: ResumePoint, owner: str, ping_interval: float) -> ASGIApp | None:
         store = self._store
@@ -59,15 +64,28 @@ class SharedLogReader:
         lost = msgspec.json.encode(
             ErrorFrame(code="stream_lost", message=LOST_MESSAGE, retryable=True, request_id=meta.request_id)
         )
-        return RemoteWatcher(store, point, entries, ping_interval, lost)
+        return RemoteWatcher(store, point, entries, ping_interval=ping_interval, lost=lost, drain=self._drain)
 
 
 class RemoteWatcher:
-    __slots__ = ("_entries", "_lost", "_ping_interval", "_point", "_store")
+    """A watcher is no stream of this replica's: when this replica shuts down it hands its client on (a short,
+    jittered `retry:`, then the end of the response) and EventSource resumes on another replica."""
+
+    __slots__ = ("_drain", "_entries", "_lost", "_ping_interval", "_point", "_stopping", "_store", "_task")
 
     def __init__(
-        self, store: RedisLogStore, point: ResumePoint, entries: list[LogEntry], ping_interval: float, lost: bytes
+        self,
+        store: RedisLogStore,
+        point: ResumePoint,
+        entries: list[LogEntry],
+        *,
+        ping_interval: float,
+        lost: bytes,
+        drain: ShutdownDrain,
     ) -> None:
+        self._drain = drain
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._store = store
         self._point = point
         self._entries = entries
@@ -76,22 +94,33 @@ class RemoteWatcher:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         left = asyncio.Event()
         disconnect = loop.create_task(cancel_on_disconnect(receive, task, left))
         keepalive = KeepAlive(loop, send, self._ping_interval, PING)
+        self._drain.track(self)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": resume_head(self._point.stream_id)})
             keepalive.start()
             await self._follow(send, keepalive)
         except asyncio.CancelledError:
-            if not left.is_set():
+            if not (left.is_set() or self._stopping):
                 raise
             task.uncancel()
+            if self._stopping and not left.is_set():
+                retry = random.randint(*SHUTDOWN_RETRY_MS)  # noqa: S311 - jitter, not a secret
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": encode_retry(retry), "more_body": False})
         finally:
+            self._drain.untrack(self)
             keepalive.stop()
             disconnect.cancel()
+
+    def stop_for_shutdown(self) -> None:
+        if self._task is not None and not self._stopping:
+            self._stopping = True
+            self._task.cancel()
 
     async def _follow(self, send: Send, keepalive: KeepAlive) -> None:
         stream_id, after, entries = self._point.stream_id, self._point.seq, self._entries

@@ -59,4 +59,9 @@ def encode_json_event_without_id(event: str, data: bytes) -> bytes:
     return f"event: {event}\ndata: ".encode() + data + b"\n\n"
 
 
+def encode_retry(ms: int) -> bytes:
+    """A block with only a reconnection delay: it dispatches no event, and EventSource reconnects after `ms`."""
+    return b"retry: %d\n\n" % ms
+
+
 PING = encode_comment("ping")

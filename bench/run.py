@@ -117,6 +117,7 @@ def report(out: Figures, open_count: int) -> str:
     row(f"{open_count} open: KiB/stream", f"open{open_count}_{{}}_kib_per_stream", ".1f")
     row("resume: burst tokens/s", "resume_burst_{}_tok_s", ",.0f")
     row("resume: burst CPU us/token", "resume_burst_{}_cpu_us_per_token", ".2f")
+    row("resume: TTFT c=1 p50 ms", "resume_ttft_c1_{}_p50_ms", ".2f")
     for key in (
         "redis_commands_per_1000_tokens",
         "redis_commands_per_stream",
@@ -176,6 +177,23 @@ async def measure(targets: list[Target], extra: list[Target], quick: bool, open_
     return out
 
 
+async def measure_resume(targets: list[Target], extra: list[Target], quick: bool, redis_url: str) -> Figures:
+    out = Figures()
+    by_name = {t.name: t for t in (*targets, *extra)}
+    for name in ("chat", "chat-resume", "chat-resume-redis"):
+        await run_concurrent(by_name[name], TTFT[0], TTFT[1], 8, 2)
+    await resume_cost(
+        by_name["chat"],
+        by_name["chat-resume"],
+        by_name["chat-resume-redis"],
+        redis_url=redis_url,
+        rounds=2 if quick else 3,
+        out=out,
+    )
+    judge_resume(out)
+    return out
+
+
 async def measure_workers(targets: list[Target], count: int, workers: int) -> Figures:
     """Open streams only, through tokenrelay with several worker processes sharing Redis."""
     out = Figures()
@@ -219,6 +237,7 @@ def _arguments() -> argparse.Namespace:
         help="only 10,000 open streams, through tokenrelay with this many worker processes and Redis",
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    parser.add_argument("--resume-only", action="store_true", help="only the resume scenario (what a log costs)")
     return parser.parse_args()
 
 
@@ -277,6 +296,8 @@ def main() -> None:
                     await wait_until_serving(port)
                 if args.workers > 1:
                     return await measure_workers(targets, open_count, args.workers)
+                if args.resume_only:
+                    return await measure_resume(targets, resumable, args.quick, redis.url)
                 return await measure(targets, resumable, args.quick, open_count, redis.url)
 
             figures = uvloop.run(bench())

@@ -25,6 +25,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.resume import (
     AUTH,
     OTHER,
+    Read,
     assert_one_ending,
     assert_seamless,
     read,
@@ -287,3 +288,27 @@ async def test_a_killed_producer_ends_its_watchers_streams_as_lost(
         assert upstream_text(2000).startswith(replayed)
         assert watched.seqs == list(range(first.seqs[-1] + 1, first.seqs[-1] + 1 + len(watched.seqs)))
     assert one.events[-1] == two.events[-1]
+
+
+async def test_a_replica_shutting_down_hands_its_watchers_of_other_streams_on(
+    tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    path, model = resume_config(tmp_path, upstream.base_url, redis_url=redis_server.url, n=300, gap_ms=10)
+    path.write_text(path.read_text() + "server: {drain_seconds: 0.5}\n")
+    with served(path) as a, served(path) as b:
+        async with httpx.AsyncClient(timeout=15) as client:
+            first = await read(client, a.base + QUERY, headers=AUTH, at_least=5)
+            watching = asyncio.create_task(
+                read(client, b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id})
+            )
+            await asyncio.sleep(0.3)  # B's watcher follows the live tail (nothing of B's to await from here)
+            b.signal(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                handed_on = await watching
+            # No terminal frame (the stream goes on elsewhere): EventSource reconnects, and A serves the rest.
+            assert handed_on.events
+            assert handed_on.events[-1].type == "token"
+            rest = await read(client, a.base + QUERY, headers={**AUTH, "last-event-id": handed_on.last_id})
+    assert_seamless(first, Read(200, handed_on.events + rest.events))
+    assert first.text() + handed_on.text() + rest.text() == upstream_text(300)
+    assert len(upstream.records_for(model)) == 1
