@@ -19,6 +19,12 @@ import bisect
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
+from app.errors import InternalError, error_body
+from app.frames import ErrorFrame
+from app.sse import encode_json_event
+
 FRAME_END = b"\n\n"
 
 
@@ -112,6 +118,26 @@ class FrameLog:
             self._first_seq = self._lasts[0] + 1
             del self._bodies[0], self._lasts[0]
             self.base += 1
+
+    def abort(self, stream_id: str) -> None:
+        """End a log whose producer died without ending it: one `error` `internal` frame after the last one."""
+        error = ErrorFrame(
+            code="internal",
+            message="tokenrelay failed while streaming (the stream's producer stopped)",
+            retryable=True,
+            request_id=self.request_id,
+        )
+        if self.status == 200:
+            frame = encode_json_event("error", msgspec.json.encode(error), id=f"{stream_id}.{self.last_seq + 1}")
+            self._append(frame)
+        elif self.status is None:
+            self.status = 500
+            self.head = [(b"content-type", b"application/json")]
+            self.refusal = error_body(InternalError(error.message), self.request_id)
+        self.ended = True
+        if self._on_end is not None:
+            self._on_end(self)
+        self._wake()
 
     def read(self, position: int) -> tuple[bytes, int]:
         """Every entry from `position` on, joined, and the position after them."""

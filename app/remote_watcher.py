@@ -127,10 +127,12 @@ class RemoteWatcher:
         watching_until = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            body = b"".join(_after(entry, after) for entry in entries)
+            parts = []
+            for entry in entries:  # entries may overlap (a flush sent again after a lost reply): cut each
+                parts.append(_after(entry, after))
+                after = max(after, entry.last)
+            body = b"".join(parts)
             terminal = any(entry.terminal for entry in entries)
-            if entries:
-                after = max(after, entries[-1].last)
             if body or terminal:
                 keepalive.wrote()
                 await send({"type": "http.response.body", "body": body, "more_body": not terminal})

@@ -49,6 +49,16 @@ class ResumableStream:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run.produce(self.log.send))
+        self._task.add_done_callback(self._produced)
+
+    def _produced(self, task: asyncio.Task[None]) -> None:
+        """A producer ends its log itself; if it died of a bug instead, the log still ends (with an `internal`
+        error frame), or its watchers and a `POST /chat/streams` waiting for its answer would wait forever."""
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            logger.error("stream %s: its producer failed", self.stream_id, exc_info=failure)
+        if not self.log.ended:
+            self.log.abort(self.stream_id)
 
     async def stop_and_wait(self, seconds: float) -> None:
         """End the stream for a shutdown (its watchers get `cancel` `server_shutdown`) and wait for its end."""

@@ -68,9 +68,10 @@ class LogMeta:
 
 
 class _Written:
-    __slots__ = ("expires_at", "first_seq")
+    __slots__ = ("expires_at", "first_seq", "log_created")
 
     def __init__(self) -> None:
+        self.log_created = False  # the Redis Stream exists (its first XADD went out): its TTL must be set now
         self.first_seq = 0  # the oldest seq the Redis copy still holds
         self.expires_at = 0.0  # when the keys' TTL was last set, plus half the retention time
 
@@ -159,6 +160,10 @@ class RedisLogStore:
             first, last = entries[0][0], entries[-1][1]
             data = entries[0][2] if len(entries) == 1 else b"".join(e[2] for e in entries)
             commands.append(("XADD", key, f"0-{last + 1}", "f", first, "d", data, "t", 1 if log.ended else 0))
+            if not written.log_created:
+                # The key is made by this XADD: a TTL now, or a replica dying before its next renewal leaves it.
+                written.log_created = True
+                commands.append(("PEXPIRE", key, self._retention_ms))
         if log.first_seq > written.first_seq:
             written.first_seq = log.first_seq
             commands.append(("XTRIM", key, "MINID", f"0-{log.first_seq + 1}"))
