@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-
-from redis import asyncio as aioredis
 
 from bench.loadgen import Target, run_concurrent
 from bench.processes import cpu_seconds
-from bench.scenarios import BURST, LONG_PACED, TTFT, Figures, failures, percentile
+from bench.scenarios import BURST, TTFT, Figures, failures, paced_command_calls, percentile
 
 
 async def resume_cost(off: Target, on: Target, on_redis: Target, *, redis_url: str, rounds: int, out: Figures) -> None:
@@ -36,25 +33,10 @@ async def resume_cost(off: Target, on: Target, on_redis: Target, *, redis_url: s
         out.values[f"resume_burst_{name}_tok_s"] = statistics.median(rates[name])
         out.values[f"resume_burst_{name}_cpu_us_per_token"] = statistics.median(cpu[name]) * 1e6
         out.values[f"resume_ttft_c1_{name}_p50_ms"] = percentile(firsts[name], 0.5) * 1000
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.config_resetstat()
-        began = time.perf_counter()
-        outcomes = await run_concurrent(on_redis, LONG_PACED[0], LONG_PACED[1], 100, 1)
-        elapsed = time.perf_counter() - began
-        if bad := failures(outcomes):
-            raise RuntimeError(f"{on_redis.name}: {bad[0]}")
-        stats = await client.info("commandstats")
-    finally:
-        await client.aclose()
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    calls.pop("config", None)
-    calls.pop("info", None)
-    tokens = LONG_PACED[1] * len(outcomes)
+    calls, _, tokens, elapsed = await paced_command_calls(on_redis, redis_url)
     out.values["resume_redis_commands_per_1000_tokens"] = sum(calls.values()) / tokens * 1000
     out.values["resume_redis_xadd_per_1000_tokens"] = calls.get("xadd", 0) / tokens * 1000
     out.values["resume_redis_xadd_per_second"] = calls.get("xadd", 0) / elapsed
-    print(f"Redis commands with resume, {tokens:,} tokens: {dict(sorted(calls.items()))}", file=sys.stderr)
 
 
 def judge_resume(out: Figures) -> None:

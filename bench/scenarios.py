@@ -128,13 +128,15 @@ async def open_streams(target: Target, count: int, out: Figures) -> None:
         out.values[f"{name}_kib_per_stream"] = (rss_open - rss_before) / count / 1024
 
 
-async def redis_commands(target: Target, redis_url: str, out: Figures) -> None:
-    """Redis commands per 1,000 relayed tokens and per stream, from INFO commandstats around 100 paced streams
-    that each outlive two heartbeats (a per-token command would show as hundreds per 1,000 tokens)."""
+async def paced_command_calls(target: Target, redis_url: str) -> tuple[dict[str, int], int, int, float]:
+    """Every command Redis ran (INFO commandstats counts the scripts' own commands too) around 100 paced streams
+    that each outlive two heartbeats: (calls by command, streams, tokens, seconds)."""
     client = aioredis.Redis.from_url(redis_url)
     try:
         await client.config_resetstat()
+        began = time.perf_counter()
         outcomes = await run_concurrent(target, LONG_PACED[0], LONG_PACED[1], 100, 1)
+        elapsed = time.perf_counter() - began
         if bad := failures(outcomes):
             raise RuntimeError(f"{target.name}: {bad[0]}")
         stats = await client.info("commandstats")
@@ -144,8 +146,13 @@ async def redis_commands(target: Target, redis_url: str, out: Figures) -> None:
     calls.pop("config", None)
     calls.pop("info", None)
     tokens = LONG_PACED[1] * len(outcomes)
-    # INFO counts the commands the scripts run as well as those sent: this is every command Redis executed.
+    print(f"Redis commands, {target.name}, {tokens:,} tokens: {dict(sorted(calls.items()))}", file=sys.stderr)
+    return calls, len(outcomes), tokens, elapsed
+
+
+async def redis_commands(target: Target, redis_url: str, out: Figures) -> None:
+    """Redis commands per 1,000 relayed tokens and per stream (a per-token command would show as hundreds)."""
+    calls, streams, tokens, _ = await paced_command_calls(target, redis_url)
     out.values["redis_commands_per_1000_tokens"] = sum(calls.values()) / tokens * 1000
-    out.values["redis_commands_per_stream"] = sum(calls.values()) / len(outcomes)
-    out.values["redis_evalsha_per_stream"] = calls.get("evalsha", 0) / len(outcomes)
-    print(f"Redis commands, {len(outcomes)} streams, {tokens:,} tokens: {dict(sorted(calls.items()))}", file=sys.stderr)
+    out.values["redis_commands_per_stream"] = sum(calls.values()) / streams
+    out.values["redis_evalsha_per_stream"] = calls.get("evalsha", 0) / streams
