@@ -102,6 +102,11 @@ class RemoteWatcher:
         self._drain.track(self)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": resume_head(self._point.stream_id)})
+            if self._drain.draining:
+                # Arrived after the drain began (or after it ended, while uvicorn finishes): nothing here will
+                # outlive the process, so the client goes elsewhere at once.
+                await _hand_on(send)
+                return
             keepalive.start()
             await self._follow(send, keepalive)
         except asyncio.CancelledError:
@@ -109,9 +114,8 @@ class RemoteWatcher:
                 raise
             task.uncancel()
             if self._stopping and not left.is_set():
-                retry = random.randint(*SHUTDOWN_RETRY_MS)  # noqa: S311 - jitter, not a secret
                 with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": encode_retry(retry), "more_body": False})
+                    await _hand_on(send)
         finally:
             self._drain.untrack(self)
             keepalive.stop()
@@ -169,3 +173,10 @@ def _store_failed() -> bytes:
         request_id="",
     )
     return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
+
+
+async def _hand_on(send: Send) -> None:
+    """End the response with a short, jittered `retry:` and no terminal frame: EventSource reconnects at once, and
+    the load balancer sends it to a replica that is not going away."""
+    retry = random.randint(*SHUTDOWN_RETRY_MS)  # noqa: S311 - jitter, not a secret
+    await send({"type": "http.response.body", "body": encode_retry(retry), "more_body": False})

@@ -290,6 +290,36 @@ async def test_a_killed_producer_ends_its_watchers_streams_as_lost(
     assert one.events[-1] == two.events[-1]
 
 
+async def test_a_resume_reaching_a_draining_replica_is_sent_on_at_once(
+    tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    path, model = resume_config(tmp_path, upstream.base_url, redis_url=redis_server.url, n=300, gap_ms=10)
+    path.write_text(path.read_text() + "server: {drain_seconds: 20}\n")
+    with served(path) as a, served(path) as b:
+        async with httpx.AsyncClient(timeout=15) as client:
+            first = await read(client, a.base + QUERY, headers=AUTH, at_least=5)
+            # A stream of B's own keeps B draining (and still answering) for as long as it runs.
+            held = asyncio.Event()
+            own = asyncio.create_task(read(client, b.base + QUERY, headers=AUTH, following=held))
+            async with asyncio.timeout(10):
+                await held.wait()
+            b.signal(signal.SIGTERM)
+            await asyncio.to_thread(b.wait_for_lines, lambda lines: any("shutdown: draining" in x for x in lines))
+            async with client.stream(
+                "GET", b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id}
+            ) as sent_on:
+                body = await sent_on.aread()
+            assert sent_on.status_code == 200
+            # No frame and no terminal frame: only a short retry, so EventSource reconnects (elsewhere) at once.
+            assert body.startswith(b"retry: "), body
+            assert b"data:" not in body
+            rest = await read(client, a.base + QUERY, headers={**AUTH, "last-event-id": first.last_id})
+            own.cancel()
+    assert_seamless(first, rest)
+    assert first.text() + rest.text() == upstream_text(300)
+    assert len(upstream.records_for(model)) == 2  # A's stream and B's own: the resumes made none
+
+
 async def test_a_replica_shutting_down_hands_its_watchers_of_other_streams_on(
     tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
 ) -> None:
@@ -298,10 +328,12 @@ async def test_a_replica_shutting_down_hands_its_watchers_of_other_streams_on(
     with served(path) as a, served(path) as b:
         async with httpx.AsyncClient(timeout=15) as client:
             first = await read(client, a.base + QUERY, headers=AUTH, at_least=5)
+            following = asyncio.Event()
             watching = asyncio.create_task(
-                read(client, b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id})
+                read(client, b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id}, following=following)
             )
-            await asyncio.sleep(0.3)  # B's watcher follows the live tail (nothing of B's to await from here)
+            async with asyncio.timeout(10):
+                await following.wait()
             b.signal(signal.SIGTERM)
             async with asyncio.timeout(10):
                 handed_on = await watching

@@ -3,6 +3,7 @@ a stream's frames, drops the connection, and comes back with `Last-Event-ID` as 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -88,9 +89,10 @@ async def read(
     headers: dict[str, str] | None = None,
     body: Any = None,
     at_least: int | None = None,
+    following: asyncio.Event | None = None,
 ) -> Read:
     """The frames of a stream: all of them, or (`at_least`) the first read that holds that many, then the
-    connection is dropped."""
+    connection is dropped. `following` is set once the first frame has arrived."""
     parser = WhatwgParser()
     async with client.stream(method, url, headers=headers, json=body) as response:
         if response.status_code != 200:
@@ -98,6 +100,8 @@ async def read(
         result = Read(200, headers=dict(response.headers))
         async for chunk in response.aiter_raw():
             result.events += parser.feed(chunk)
+            if following is not None and result.events:
+                following.set()
             if at_least is not None and len(result.events) >= at_least:
                 break
     return result
