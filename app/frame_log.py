@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ class FrameLog:
         "refusal",
         "request_id",
         "status",
+        "stored",
         "stream_id",
         "watchers",
     )
@@ -76,6 +78,8 @@ class FrameLog:
         self.base = 0  # the position of the oldest entry held (positions count every entry ever appended)
         self.flushed = 0  # the position up to which the shared store has the entries
         self.announced = False  # the shared store knows the stream (whose it is), before any entry
+        # Set by a shared store's flusher: done once the store holds the log's ending (or the flush failed).
+        self.stored: asyncio.Future[None] | None = None
         self.status: int | None = None  # the producer's answer: 200 (committed) or a refusal's status
         self.head: list[tuple[bytes, bytes]] = []
         self.refusal = b""
@@ -180,6 +184,15 @@ class FrameLog:
             first = self._lasts[index - 1] + 1 if index else self._first_seq
             out.append((first, self._lasts[index], self._bodies[index]))
         return out
+
+    async def settle(self, seconds: float) -> None:
+        """Until the shared store holds the log's ending, for at most `seconds`. The producer's registry record
+        must outlive that moment: a watcher elsewhere that found neither would take the stream for lost."""
+        if self.stored is None or self.status != 200:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self.stored)
 
     @property
     def first_seq(self) -> int:

@@ -33,6 +33,7 @@ class LogFlusher:
         logs.on_end.append(self._ended)
 
     def _wake_up(self, log: FrameLog) -> None:
+        log.stored = asyncio.get_running_loop().create_future()
         self._wake.set()
 
     def _ended(self, log: FrameLog) -> None:
@@ -81,4 +82,9 @@ class LogFlusher:
                 await self._store.flush(pending, refused)
             except BaseException:
                 self._refused += refused
+                for log in pending:
+                    # A producer waits for its ending to be stored before its record goes; not for a store
+                    # that failed (its record would not go either).
+                    if log.ended and log.stored is not None and not log.stored.done():
+                        log.stored.set_result(None)
                 raise

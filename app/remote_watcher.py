@@ -22,7 +22,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from redis.exceptions import RedisError
 
 from app.backends.base import BackendUnavailable
-from app.backends.redis_log import BLOCK_MS, LogEntry, RedisLogStore
+from app.backends.redis_log import BLOCK_MS, LogEntry, Lost, RedisLogStore
 from app.errors import StoreUnavailable, StreamNotFound, StreamTruncated
 from app.frame_log import FRAME_END
 from app.frames import ErrorFrame
@@ -49,8 +49,10 @@ class SharedLogReader:
             meta = await store.meta(point.stream_id)
             if meta is None or meta.owner != owner:
                 raise StreamNotFound("no such stream (it may have expired)")
-            entries = await store.entries(point.stream_id, point.seq, block=False)
-            if entries and entries[0].first > point.seq + 1:
+            entries = [
+                e for e in await store.entries(point.stream_id, point.seq, block=False) if e.visible_after(point.seq)
+            ]
+            if entries and not entries[0].lost and entries[0].first > point.seq + 1:
                 raise StreamTruncated(
                     f"the stream's log no longer holds the frames after {point.seq}; its oldest is {entries[0].first}"
                 )
@@ -132,11 +134,20 @@ class RemoteWatcher:
         loop = asyncio.get_running_loop()
         while True:
             parts = []
-            for entry in entries:  # entries may overlap (a flush sent again after a lost reply): cut each
-                parts.append(_after(entry, after))
+            terminal = False
+            for entry in entries:
+                if not entry.visible_after(after):
+                    continue  # entries may overlap (a flush sent again after a lost reply)
+                if not entry.lost and entry.first > after + 1:
+                    # The producer's log dropped frames before they were flushed (its byte cap, with Redis down):
+                    # say so rather than relay a stream with a hole in it.
+                    parts.append(_truncated())
+                    terminal = True
+                    break
+                parts.append(entry.data if entry.lost else _after(entry, after))
                 after = max(after, entry.last)
+                terminal = entry.terminal
             body = b"".join(parts)
-            terminal = any(entry.terminal for entry in entries)
             if body or terminal:
                 keepalive.wrote()
                 await send({"type": "http.response.body", "body": body, "more_body": not terminal})
@@ -147,12 +158,32 @@ class RemoteWatcher:
                     watching_until = loop.time() + BLOCK_MS / 1000
                     await self._store.watching(stream_id, 3 * BLOCK_MS / 1000)
                 entries = await self._store.entries(stream_id, after, block=True)
-                if not entries and await self._store.mark_lost(stream_id, self._lost):
-                    logger.warning("stream %s: its producer is gone; ended it as lost", stream_id)
+                if not entries:
+                    entries, ending = await self._ending(after)
+                    if ending is not None:
+                        await send({"type": "http.response.body", "body": ending, "more_body": False})
+                        return
             except (RedisError, BackendUnavailable) as exc:
                 logger.warning("stream %s: the stream store failed under a watcher: %s", stream_id, exc)
                 await send({"type": "http.response.body", "body": _store_failed(), "more_body": False})
                 return
+
+    async def _ending(self, after: int) -> tuple[list[LogEntry], bytes | None]:
+        """After a blocking read found nothing: entries to send (none: read on), or the last bytes of a response
+        whose stream is over for this client."""
+        stream_id = self._point.stream_id
+        found = await self._store.mark_lost(stream_id, self._lost, after)
+        if found is Lost.MARKED:
+            logger.warning("stream %s: its producer is gone; ended it as lost", stream_id)
+        elif found is Lost.ENDED:
+            # Ended since the read (another watcher marked it lost, or the last flush came), or the client holds
+            # the stream's last frame already.
+            entries = await self._store.entries(stream_id, after, block=False)
+            return entries, None if any(e.visible_after(after) for e in entries) else b""
+        elif found is Lost.GONE:
+            logger.warning("stream %s: its log expired under a watcher", stream_id)
+            return [], encode_json_event_without_id("error", self._lost)
+        return [], None
 
 
 def _after(entry: LogEntry, seq: int) -> bytes:
@@ -163,6 +194,16 @@ def _after(entry: LogEntry, seq: int) -> bytes:
         return b""
     frames = entry.data.split(FRAME_END)[seq + 1 - entry.first : -1]
     return b"".join(frame + FRAME_END for frame in frames)
+
+
+def _truncated() -> bytes:
+    frame = ErrorFrame(
+        code="stream_truncated",
+        message="the stream's log dropped frames after this one before they were stored; they cannot be replayed",
+        retryable=True,
+        request_id="",
+    )
+    return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
 
 
 def _store_failed() -> bytes:

@@ -220,9 +220,14 @@ class StreamRun:
             if self._admission is not None:
                 # Shielded: a second cancellation (server shutdown) must not stop the lease's release half-way.
                 # Closing also takes the stream out of the registry, and its record out of the store.
-                await asyncio.shield(self._admission.close(self._used_tokens()))
+                await asyncio.shield(self._release(self._admission))
             else:
                 self._registry.discard(self.stream_id)
+
+    async def _release(self, admission: Admission) -> None:
+        if self.log is not None:
+            await self.log.settle(FINAL_WRITE_SECONDS)
+        await admission.close(self._used_tokens())
 
     def record(self, replica: str) -> StreamRecord:
         """The registry's record of this stream, as it is now."""

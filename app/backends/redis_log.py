@@ -19,6 +19,7 @@ ends, and renewed in between only every half retention time, so most flushes are
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,23 +35,47 @@ from app.frame_log import FrameLog
 # How long a remote watcher blocks on the log before it looks whether the producer is still alive.
 BLOCK_MS = 1000
 
-MARK_LOST = """
+# A lost producer's ending takes the highest entry id there is: whatever the producer may still flush after it
+# (it was only taken for dead) is refused as out of order, and every watcher, however far ahead of the log its
+# client is, reads it after its own seq. Its seq is the log's next one, or the next after the client of the
+# watcher that appends it, if that one holds more than the log (frames not flushed when the producer died).
+LOST_ENTRY_ID = "0-18446744073709551615"
+
+# Replies: 0 the producer lives (its record or live key), 1 appended, 2 the log has its ending already, 3 the
+# stream is gone (no meta, no log: expired).
+MARK_LOST = (
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local seq = tonumber(ARGV[4]) + 1
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local seq = 0
 if #last > 0 then
   local fields = last[1][2]
   for i = 1, #fields, 2 do
-    if fields[i] == 't' and fields[i + 1] == '1' then return 0 end
+    if fields[i] == 't' and fields[i + 1] == '1' then return 2 end
   end
-  seq = tonumber(string.match(last[1][1], '-(%d+)$'))
+  local following = tonumber(string.match(last[1][1], '-(%d+)$'))
+  if following > seq then seq = following end
+elseif redis.call('EXISTS', KEYS[4]) == 0 then
+  return 3
 end
 local frame = 'id: ' .. ARGV[1] .. '.' .. seq .. '\\nevent: error\\ndata: ' .. ARGV[2] .. '\\n\\n'
-redis.call('XADD', KEYS[1], '0-' .. (seq + 1), 'f', seq, 'd', frame, 't', '1')
+redis.call('XADD', KEYS[1], '"""
+    + LOST_ENTRY_ID
+    + """', 'f', seq, 'd', frame, 't', '1', 'l', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
 return 1
 """
+)
+
+
+class Lost(enum.IntEnum):
+    """What `mark_lost` found."""
+
+    ALIVE = 0
+    MARKED = 1
+    ENDED = 2
+    GONE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +84,12 @@ class LogEntry:
     last: int  # seq of its last frame
     data: bytes
     terminal: bool
+    lost: bool = False  # the `stream_lost` ending a watcher appended
+
+    def visible_after(self, seq: int) -> bool:
+        """Whether a client holding frames up to `seq` has yet to get any of this entry's. A lost ending goes to
+        every client but the one whose last frame it was (its id is the only one it can hold of it)."""
+        return seq != self.first if self.lost else self.last > seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +176,8 @@ class RedisLogStore:
             log.flushed = end
             if log.ended and end == log.end:
                 self._written.pop(log.stream_id, None)
+                if log.stored is not None and not log.stored.done():
+                    log.stored.set_result(None)
 
     def _commands(self, log: FrameLog, now: float) -> list[Command]:
         """What the flush sends for one log: its announcement, its new entries in one XADD, a trim, TTLs."""
@@ -204,14 +237,23 @@ class RedisLogStore:
         raw: Any = await self.client.xrevrange(self._key(stream_id, "log"), count=1)
         return _entry(*raw[0]) if raw else None
 
-    async def mark_lost(self, stream_id: str, frame_json: bytes) -> bool:
+    async def mark_lost(self, stream_id: str, frame_json: bytes, after: int) -> Lost:
         """End a stream whose producer is gone (no record, no live key, no terminal entry) with one `error`
-        frame, atomically: whichever watcher comes first appends it, the others find it there."""
+        frame, atomically: whichever watcher comes first appends it, the others find it there. `after`: the
+        last seq the caller's client holds."""
         self.client  # noqa: B018 - registers the script
-        keys = [self._key(stream_id, "log"), self._record_key(stream_id), self._key(stream_id, "live")]
-        return bool(await self._mark_lost(keys=keys, args=[stream_id, frame_json, self._retention_ms]))
+        keys = [
+            self._key(stream_id, "log"),
+            self._record_key(stream_id),
+            self._key(stream_id, "live"),
+            self._key(stream_id, "meta"),
+        ]
+        return Lost(await self._mark_lost(keys=keys, args=[stream_id, frame_json, self._retention_ms, after]))
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
+    first = int(fields[b"f"])
+    if fields.get(b"l") == b"1":
+        return LogEntry(first=first, last=first, data=fields[b"d"], terminal=True, lost=True)
     last = int(entry_id.rsplit(b"-", 1)[1]) - 1
-    return LogEntry(first=int(fields[b"f"]), last=last, data=fields[b"d"], terminal=fields.get(b"t") == b"1")
+    return LogEntry(first=first, last=last, data=fields[b"d"], terminal=fields.get(b"t") == b"1")

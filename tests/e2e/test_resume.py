@@ -272,8 +272,12 @@ async def test_a_killed_producer_ends_its_watchers_streams_as_lost(
         async with httpx.AsyncClient(timeout=20) as client:
             first = await read(client, a.base + QUERY, headers=AUTH, at_least=20)
             resume = {**AUTH, "last-event-id": first.last_id}
-            watchers = [asyncio.create_task(read(client, b.base + QUERY, headers=resume)) for _ in range(2)]
-            await asyncio.sleep(0.3)  # both watchers follow the live tail on B (no event of B's to await)
+            following = [asyncio.Event(), asyncio.Event()]
+            watchers = [
+                asyncio.create_task(read(client, b.base + QUERY, headers=resume, following=f)) for f in following
+            ]
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(f.wait() for f in following))
             os.killpg(a.process.pid, signal.SIGKILL)
             a.process.wait(5)
             async with asyncio.timeout(15):
@@ -288,6 +292,59 @@ async def test_a_killed_producer_ends_its_watchers_streams_as_lost(
         assert upstream_text(2000).startswith(replayed)
         assert watched.seqs == list(range(first.seqs[-1] + 1, first.seqs[-1] + 1 + len(watched.seqs)))
     assert one.events[-1] == two.events[-1]
+
+
+async def test_a_producer_killed_before_its_frames_were_stored_still_ends_as_lost(
+    tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    # A flush interval longer than the stream runs here: Redis knows the stream (announced at creation) but holds none of
+    # its frames, and the clients hold more than the log.
+    path, _ = resume_config(
+        tmp_path, upstream.base_url, redis_url=redis_server.url, n=2000, gap_ms=10, ttl=1, flush_ms=5000
+    )
+    with served(path) as a, served(path) as b:
+        async with httpx.AsyncClient(timeout=20) as client:
+            first = await read(client, a.base + QUERY, headers=AUTH, at_least=10)
+            os.killpg(a.process.pid, signal.SIGKILL)
+            a.process.wait(5)
+            last = first.seqs[-1]
+            stream_id = first.last_id.rsplit(".", 1)[0]
+            async with asyncio.timeout(15):
+                ahead, behind = await asyncio.gather(
+                    read(client, b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id}),
+                    read(client, b.base + QUERY, headers={**AUTH, "last-event-id": f"{stream_id}.{last - 3}"}),
+                )
+            # Every client gets the one ending (never a frame it holds again), whichever watcher wrote it.
+            for watched in (ahead, behind):
+                assert watched.status == 200
+                assert [e.type for e in watched.events] == ["error"]
+                assert json.loads(watched.events[0].data)["code"] == "stream_lost"
+            assert ahead.events == behind.events
+            # Its own id says nothing more is coming: EventSource reconnecting with it hears 204.
+            again = await client.get(b.base + QUERY, headers={**AUTH, "last-event-id": ahead.last_id})
+            assert again.status_code == 204
+
+
+async def test_a_live_watcher_is_told_of_frames_the_log_dropped_before_storing_them(
+    tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    # A 4 KiB log flushed only at its end: by then its first frames are gone from it, never stored.
+    path, _ = resume_config(
+        tmp_path, upstream.base_url, redis_url=redis_server.url, n=1000, gap_ms=1, max_bytes=4096, flush_ms=5000
+    )
+    with served(path) as a, served(path) as b:
+        async with httpx.AsyncClient(timeout=20) as client:
+            first = await read(client, a.base + QUERY, headers=AUTH, at_least=2)
+            async with asyncio.timeout(15):
+                watched = await read(client, b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id})
+    assert watched.status == 200
+    ending = watched.events[-1]
+    assert ending.type == "error"
+    assert json.loads(ending.data)["code"] == "stream_truncated"
+    assert all(e.type == "token" for e in watched.events[:-1])
+    # Whatever came before it continues the client's frames with no hole (the frames before the hole).
+    relayed = [int(e.last_event_id.rsplit(".", 1)[1]) for e in watched.events[:-1]]
+    assert relayed == list(range(first.seqs[-1] + 1, first.seqs[-1] + 1 + len(relayed)))
 
 
 async def test_a_resume_reaching_a_draining_replica_is_sent_on_at_once(

@@ -39,6 +39,7 @@ def resume_config(
     ttl: float = 30,
     retry_ms: int = 3000,
     auth: bool = True,
+    flush_ms: int = 20,
 ) -> tuple[Path, str]:
     """A config whose model `story` is a fresh upstream model (counted on its own by the fake upstream); returns
     the file and that upstream model's name."""
@@ -56,7 +57,7 @@ def resume_config(
         f"{keys}"
         f"limits: {{requests_per_minute: 0, concurrent_streams: 0, lease_ttl_seconds: {ttl}}}\n"
         f"stream:\n  retry_ms: {retry_ms}\n  resume: {{grace_seconds: {grace}, retention_seconds: {retention}, "
-        f"max_bytes: {max_bytes}, flush_interval_ms: 20}}\n"
+        f"max_bytes: {max_bytes}, flush_interval_ms: {flush_ms}}}\n"
         f"{state}"
     )
     return path, upstream_model
