@@ -49,9 +49,7 @@ class SharedLogReader:
             meta = await store.meta(point.stream_id)
             if meta is None or meta.owner != owner:
                 raise StreamNotFound("no such stream (it may have expired)")
-            entries = [
-                e for e in await store.entries(point.stream_id, point.seq, block=False) if e.visible_after(point.seq)
-            ]
+            entries = [e for e in await store.entries(point.stream_id, point.seq) if e.visible_after(point.seq)]
             if entries and not entries[0].lost and entries[0].first > point.seq + 1:
                 raise StreamTruncated(
                     f"the stream's log no longer holds the frames after {point.seq}; its oldest is {entries[0].first}"
@@ -60,7 +58,10 @@ class SharedLogReader:
                 # Nothing after the point yet: the stream has ended (204), or its next frames are on their way.
                 latest = await store.latest(point.stream_id)
                 if latest is not None and latest.terminal:
-                    return None
+                    if not latest.visible_after(point.seq):
+                        return None
+                    # The ending was flushed between the two reads: the log is whole now, read it again.
+                    entries = [e for e in await store.entries(point.stream_id, point.seq) if e.visible_after(point.seq)]
         except RedisError as exc:
             raise StoreUnavailable("the stream store is unreachable; retry shortly", retry_after=1) from exc
         lost = msgspec.json.encode(
@@ -130,6 +131,9 @@ class RemoteWatcher:
 
     async def _follow(self, send: Send, keepalive: KeepAlive) -> None:
         stream_id, after, entries = self._point.stream_id, self._point.seq, self._entries
+        # Read on from the entry that may end with the client's own last frame (its id is that seq + 1): a
+        # client can hold frames the log has yet to get, up to the ending itself.
+        cursor = entries[-1].entry_id if entries else f"0-{after}"
         watching_until = 0.0
         loop = asyncio.get_running_loop()
         while True:
@@ -137,7 +141,10 @@ class RemoteWatcher:
             terminal = False
             for entry in entries:
                 if not entry.visible_after(after):
-                    continue  # entries may overlap (a flush sent again after a lost reply)
+                    # Entries may overlap (a flush sent again after a lost reply); an ending not to send again
+                    # still ends the response.
+                    terminal = entry.terminal
+                    continue
                 if not entry.lost and entry.first > after + 1:
                     # The producer's log dropped frames before they were flushed (its byte cap, with Redis down):
                     # say so rather than relay a stream with a hole in it.
@@ -157,8 +164,10 @@ class RemoteWatcher:
                 if loop.time() >= watching_until:
                     watching_until = loop.time() + BLOCK_MS / 1000
                     await self._store.watching(stream_id, 3 * BLOCK_MS / 1000)
-                entries = await self._store.entries(stream_id, after, block=True)
-                if not entries:
+                entries = await self._store.follow(stream_id, cursor)
+                if entries:
+                    cursor = entries[-1].entry_id
+                else:
                     entries, ending = await self._ending(after)
                     if ending is not None:
                         await send({"type": "http.response.body", "body": ending, "more_body": False})
@@ -178,7 +187,7 @@ class RemoteWatcher:
         elif found is Lost.ENDED:
             # Ended since the read (another watcher marked it lost, or the last flush came), or the client holds
             # the stream's last frame already.
-            entries = await self._store.entries(stream_id, after, block=False)
+            entries = await self._store.entries(stream_id, after)
             return entries, None if any(e.visible_after(after) for e in entries) else b""
         elif found is Lost.GONE:
             logger.warning("stream %s: its log expired under a watcher", stream_id)

@@ -84,6 +84,7 @@ class LogEntry:
     last: int  # seq of its last frame
     data: bytes
     terminal: bool
+    entry_id: str  # where a reader goes on from
     lost: bool = False  # the `stream_lost` ending a watcher appended
 
     def visible_after(self, seq: int) -> bool:
@@ -222,16 +223,15 @@ class RedisLogStore:
             return None
         return LogMeta(owner=fields[b"o"].decode(), request_id=fields.get(b"r", b"").decode())
 
-    async def entries(self, stream_id: str, after: int, *, block: bool) -> list[LogEntry]:
-        """The entries holding frames after seq `after`; with `block`, waits up to `BLOCK_MS` for one."""
-        key = self._key(stream_id, "log")
-        raw: Any  # redis-py types its replies loosely: [(entry id, {field: value})]
-        if block:
-            reply: Any = await self.client.xread({key: f"0-{after + 1}"}, block=BLOCK_MS)
-            raw = reply[0][1] if reply else []
-        else:
-            raw = await self.client.xrange(key, min=f"0-{after + 2}")
+    async def entries(self, stream_id: str, after: int) -> list[LogEntry]:
+        """The entries holding frames after seq `after`."""
+        raw: Any = await self.client.xrange(self._key(stream_id, "log"), min=f"0-{after + 2}")
         return [_entry(entry_id, fields) for entry_id, fields in raw]
+
+    async def follow(self, stream_id: str, cursor: str) -> list[LogEntry]:
+        """The entries after the entry id `cursor`, waiting up to `BLOCK_MS` for one."""
+        reply: Any = await self.client.xread({self._key(stream_id, "log"): cursor}, block=BLOCK_MS)
+        return [_entry(entry_id, fields) for entry_id, fields in (reply[0][1] if reply else [])]
 
     async def latest(self, stream_id: str) -> LogEntry | None:
         raw: Any = await self.client.xrevrange(self._key(stream_id, "log"), count=1)
@@ -252,8 +252,8 @@ class RedisLogStore:
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
-    first = int(fields[b"f"])
+    first, data, position = int(fields[b"f"]), fields[b"d"], entry_id.decode()
     if fields.get(b"l") == b"1":
-        return LogEntry(first=first, last=first, data=fields[b"d"], terminal=True, lost=True)
+        return LogEntry(first=first, last=first, data=data, terminal=True, entry_id=position, lost=True)
     last = int(entry_id.rsplit(b"-", 1)[1]) - 1
-    return LogEntry(first=first, last=last, data=fields[b"d"], terminal=fields.get(b"t") == b"1")
+    return LogEntry(first=first, last=last, data=data, terminal=fields.get(b"t") == b"1", entry_id=position)
