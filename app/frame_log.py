@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -27,6 +27,10 @@ from app.frames import ErrorFrame
 from app.sse import encode_json_event
 
 FRAME_END = b"\n\n"
+
+
+# Sends one body (and whether more follow) to a watcher's client.
+Tail = Callable[[bytes, bool], Awaitable[None]]
 
 
 class LogTruncated(Exception):
@@ -41,6 +45,8 @@ class FrameLog:
         "_lasts",
         "_max_bytes",
         "_on_end",
+        "_tail",
+        "_tail_released",
         "_waiters",
         "announced",
         "base",
@@ -75,6 +81,8 @@ class FrameLog:
         self._first_seq = 0  # of the oldest entry held
         self._bytes = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._tail: Tail | None = None
+        self._tail_released: asyncio.Future[None] | None = None
         self.base = 0  # the position of the oldest entry held (positions count every entry ever appended)
         self.flushed = 0  # the position up to which the shared store has the entries
         self.announced = False  # the shared store knows the stream (whose it is), before any entry
@@ -103,15 +111,37 @@ class FrameLog:
             self.head = list(message.get("headers", ()))
         else:
             body: bytes = message.get("body", b"")
+            more: bool = message.get("more_body", False)
             if self.status != 200:
                 self.refusal += body
             elif body:
                 self._append(body)
-            if not message.get("more_body", False):
+            if not more:
                 self.ended = True
                 if self._on_end is not None:
                     self._on_end(self)
+            if self._tail is not None and (body or not more):
+                try:
+                    await self._tail(body, more)
+                except Exception:
+                    self.release_tail()  # its connection broke: its watcher's task takes over (and ends)
         self._wake()
+
+    def hand_tail(self, tail: Tail) -> asyncio.Future[None]:
+        """Have the producer send each body it appends straight to `tail` (a watcher that is caught up and alone)
+        until `release_tail`; the future returned is then done. The common case, one client reading as fast as
+        the upstream writes, then costs no task switch per body; a second watcher or the first one leaving hands
+        the tail back to the watchers' own tasks."""
+        self.release_tail()
+        self._tail = tail
+        released = self._tail_released = asyncio.get_running_loop().create_future()
+        return released
+
+    def release_tail(self) -> None:
+        released = self._tail_released
+        self._tail = self._tail_released = None
+        if released is not None and not released.done():
+            released.set_result(None)
 
     def _append(self, body: bytes) -> None:
         self._lasts.append(self.last_seq + body.count(FRAME_END))
@@ -141,6 +171,7 @@ class FrameLog:
         self.ended = True
         if self._on_end is not None:
             self._on_end(self)
+        self.release_tail()
         self._wake()
 
     def read(self, position: int) -> tuple[bytes, int]:

@@ -77,6 +77,7 @@ class ResumableStream:
         return self.log.status
 
     def attach(self) -> None:
+        self.log.release_tail()  # two watchers: each follows the log in its own task
         self.log.watchers += 1
         if self._timer is not None:
             self._timer.cancel()

@@ -67,7 +67,9 @@ class StreamWatcher:
             disconnect.cancel()
             self._stream.detach()
 
-    async def _follow(self, send: Send, keepalive: KeepAlive) -> None:
+    async def _answer_head(self, send: Send) -> bool:
+        """The response's head: the producer's own for the request that created the stream (its refusal, if
+        it refused: False), else the resume's."""
         log = self._stream.log
         head = self._head
         if head is None:
@@ -75,27 +77,33 @@ class StreamWatcher:
             if status != 200:
                 await send({"type": "http.response.start", "status": status, "headers": log.head})
                 await send({"type": "http.response.body", "body": log.refusal, "more_body": False})
-                return
+                return False
             head = log.head
         await send({"type": "http.response.start", "status": 200, "headers": head})
+        return True
+
+    async def _follow(self, send: Send, keepalive: KeepAlive) -> None:
+        log = self._stream.log
+        if not await self._answer_head(send):
+            return
         keepalive.start()
-        position, body = self._position, self._prefix
+        body = self._prefix
         clock = asyncio.get_running_loop().time
         yielded = clock()
         while True:
             try:
                 if log.last_seq <= self._after:
-                    data, position = b"", log.end
+                    data, self._position = b"", log.end
                 elif self._after >= 0:
-                    data, position = log.read_after(position, self._after)
+                    data, self._position = log.read_after(self._position, self._after)
                     self._after = -1
                 else:
-                    data, position = log.read(position)
+                    data, self._position = log.read(self._position)
             except LogTruncated:
                 await send({"type": "http.response.body", "body": body + _truncated(log), "more_body": False})
                 return
             body += data
-            done = log.ended and position == log.end
+            done = log.ended and self._position == log.end
             if body or done:
                 keepalive.wrote()
                 await send({"type": "http.response.body", "body": body, "more_body": not done})
@@ -105,7 +113,35 @@ class StreamWatcher:
             if (now := clock()) - yielded > YIELD_AFTER_SECONDS:
                 yielded = now
                 await asyncio.sleep(0)  # a client that never blocks the send must not starve the loop
-            await log.wait(position)
+            if self._after < 0 and log.watchers == 1 and self._position == log.end and not log.ended:
+                if await self._tail(log, send, keepalive):
+                    return
+            else:
+                await log.wait(self._position)
+
+    async def _tail(self, log: FrameLog, send: Send, keepalive: KeepAlive) -> bool:
+        """Caught up and alone: the producer sends what it appends straight to this client until the log ends
+        (True: the response is complete), another watcher comes, or this one leaves; then this task reads on
+        from its position."""
+        complete = False
+
+        async def direct(body: bytes, more: bool) -> None:
+            nonlocal complete
+            if body:
+                self._position += 1  # before the send: once released, this task must not send that body again
+            complete = not more
+            keepalive.wrote()
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+            if complete:
+                log.release_tail()
+
+        released = log.hand_tail(direct)
+        try:
+            await released
+        finally:
+            if not released.done():
+                log.release_tail()
+        return complete
 
 
 def _truncated(log: FrameLog) -> bytes:
