@@ -297,8 +297,8 @@ async def test_a_killed_producer_ends_its_watchers_streams_as_lost(
 async def test_a_producer_killed_before_its_frames_were_stored_still_ends_as_lost(
     tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
 ) -> None:
-    # A flush interval longer than the stream runs here: Redis knows the stream (announced at creation) but holds none of
-    # its frames, and the clients hold more than the log.
+    # A flush interval longer than the stream runs here: Redis knows the stream (announced at creation) but
+    # holds none of its frames, and the clients hold more than the log.
     path, _ = resume_config(
         tmp_path, upstream.base_url, redis_url=redis_server.url, n=2000, gap_ms=10, ttl=1, flush_ms=5000
     )

@@ -126,3 +126,47 @@ def test_resume_points() -> None:
         resume_point("abc", None, "x")
     with pytest.raises(StreamNotFound):
         resume_point("a/b", None, None)
+
+
+async def test_a_tail_gets_each_body_inline_until_released_and_the_log_still_holds_them() -> None:
+    log = FrameLog("s1", owner="o", request_id="r", max_bytes=1 << 20)
+    await log.send({"type": "http.response.start", "status": 200, "headers": []})
+    sent: list[tuple[bytes, bool]] = []
+
+    async def tail(body: bytes, more: bool) -> None:
+        sent.append((body, more))
+
+    released = log.hand_tail(tail)
+    await log.send({"type": "http.response.body", "body": b"id: s1.0\ndata: a\n\n", "more_body": True})
+    assert sent == [(b"id: s1.0\ndata: a\n\n", True)]
+    log.release_tail()  # a second watcher came: it follows the log in its own task
+    assert released.done()
+    await log.send({"type": "http.response.body", "body": b"id: s1.1\ndata: b\n\n", "more_body": False})
+    assert len(sent) == 1
+    assert log.read(0)[0] == b"id: s1.0\ndata: a\n\nid: s1.1\ndata: b\n\n"
+
+
+async def test_a_tail_whose_client_broke_is_released_and_the_producer_goes_on() -> None:
+    log = FrameLog("s1", owner="o", request_id="r", max_bytes=1 << 20)
+    await log.send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def broken(body: bytes, more: bool) -> None:
+        raise OSError("connection reset")
+
+    released = log.hand_tail(broken)
+    await log.send({"type": "http.response.body", "body": b"id: s1.0\ndata: a\n\n", "more_body": True})
+    assert released.done()
+    assert log.end == 1
+
+
+async def test_a_producer_that_died_releases_the_tail() -> None:
+    log = FrameLog("s1", owner="o", request_id="r", max_bytes=1 << 20)
+    await log.send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def tail(body: bytes, more: bool) -> None:
+        pass
+
+    released = log.hand_tail(tail)
+    log.abort("s1")
+    assert released.done()
+    assert b"event: error" in log.read(0)[0]
