@@ -1,4 +1,5 @@
-"""The admin API's service: who may use it (admin keys only) and the registry of open streams, across replicas.
+"""The admin API's service: who may use it (admin keys only), the registry of open streams across replicas, and
+the answering replica's own counters.
 
 Admin keys are their own list (`auth.admin_keys`): a client key never opens `/admin`, and with no admin key
 configured the routes are not mounted at all (404), so a deployment that does not use them exposes nothing.
@@ -15,7 +16,9 @@ import msgspec
 
 from app.backends.base import Backend, BackendUnavailable
 from app.errors import Forbidden, InvalidRequest, LimitsUnavailable, RouteNotFound, Unauthorized
+from app.log_flusher import LogFlusher
 from app.registry import StopReason, StreamRecord, StreamRegistry, decode_record, owner_digest
+from app.resumable import StreamLogs
 from middleware.auth import Authenticator, presented_key
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -27,12 +30,31 @@ _SCAN_PAGES = 20  # a filtered listing reads at most this many pages of the inde
 
 class AdminService:
     def __init__(
-        self, backend: Backend, registry: StreamRegistry, admins: Authenticator, clients: Authenticator
+        self,
+        backend: Backend,
+        registry: StreamRegistry,
+        admins: Authenticator,
+        clients: Authenticator,
+        *,
+        logs: StreamLogs,
+        flusher: LogFlusher | None,
     ) -> None:
         self._backend = backend
         self._registry = registry
         self._admins = admins
         self._clients = clients
+        self._logs = logs
+        self._flusher = flusher
+
+    def replica(self) -> dict[str, Any]:
+        """This replica's own counters (the one that answers: behind a load balancer, any of them)."""
+        flusher = self._flusher
+        return {
+            "replica": self._registry.replica,
+            "open_streams": len(self._registry),
+            "stream_logs": len(self._logs),
+            "log_flusher": None if flusher is None else {"pipelines": flusher.pipelines, "failures": flusher.failures},
+        }
 
     def authorize(self, headers: Mapping[str, str]) -> str:
         """The admin key's id; 401 for no key or a wrong one, 403 for a client key."""

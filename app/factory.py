@@ -26,7 +26,7 @@ from app.registry import StreamRegistry, replica_name
 from app.remote_watcher import SharedLogReader
 from app.resumable import StreamLogs
 from app.resume import ResumeService
-from app.routes.admin import admin_get_stream, admin_list_streams, admin_stop_stream
+from app.routes.admin import admin_get_stream, admin_list_streams, admin_replica, admin_stop_stream
 from app.routes.auth import close_session, open_session
 from app.routes.chat import chat_stream_get, chat_stream_post
 from app.routes.health import healthz, readyz
@@ -76,7 +76,8 @@ def create_app(settings: Settings) -> Litestar:
     log_store = _log_store(settings)
     flusher = LogFlusher(logs, log_store, settings.stream.resume.flush_interval_ms / 1000) if log_store else None
     clients = Authenticator(settings.auth)
-    admin_service = AdminService(backend, registry, Authenticator(AuthSettings(keys=settings.auth.admin_keys)), clients)
+    admins = Authenticator(AuthSettings(keys=settings.auth.admin_keys))
+    admin_service = AdminService(backend, registry, admins, clients, logs=logs, flusher=flusher)
     chat_service = ChatService(
         settings,
         providers=providers,
@@ -103,7 +104,9 @@ def create_app(settings: Settings) -> Litestar:
     def provide_resume_service() -> ResumeService:
         return resume_service
 
-    admin_routes = [admin_list_streams, admin_get_stream, admin_stop_stream] if settings.auth.admin_keys else []
+    admin_routes = (
+        [admin_list_streams, admin_get_stream, admin_stop_stream, admin_replica] if settings.auth.admin_keys else []
+    )
 
     cors = settings.security.cors
     cors_config = (

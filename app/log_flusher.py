@@ -29,6 +29,8 @@ class LogFlusher:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._refused: list[FrameLog] = []  # announced, then refused: their keys go
+        self.pipelines = 0  # written to the store (one per flush that had anything to write)
+        self.failures = 0
         logs.on_add.append(self._wake_up)
         logs.on_end.append(self._ended)
 
@@ -81,6 +83,7 @@ class LogFlusher:
             try:
                 await self._store.flush(pending, refused)
             except BaseException:
+                self.failures += 1
                 self._refused += refused
                 for log in pending:
                     # A producer waits for its ending to be stored before its record goes; not for a store
@@ -88,3 +91,4 @@ class LogFlusher:
                     if log.ended and log.stored is not None and not log.stored.done():
                         log.stored.set_result(None)
                 raise
+            self.pipelines += 1

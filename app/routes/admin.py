@@ -1,5 +1,5 @@
 """The admin API: `GET /admin/streams` (every replica's open streams), `GET /admin/streams/{id}` and
-`DELETE /admin/streams/{id}` (stop it, wherever it runs).
+`DELETE /admin/streams/{id}` (stop it, wherever it runs), `GET /admin/replica` (the answering replica's counters).
 
 Mounted only when `auth.admin_keys` has a key; each handler checks the admin key first.
 """
@@ -33,6 +33,15 @@ async def admin_list_streams(
         cursor=query.get("cursor"),
     )
     return {"object": "list", "data": [shown(r) for r in records], "next_cursor": cursor}
+
+
+@get("/admin/replica", opt={SKIP_SESSION: True})
+async def admin_replica(
+    request: Request[Any, Any, Any],
+    admin_service: NamedDependency[AdminService],
+) -> dict[str, Any]:
+    admin_service.authorize(request.headers)
+    return admin_service.replica()
 
 
 @get("/admin/streams/{stream_id:str}", opt={SKIP_SESSION: True})

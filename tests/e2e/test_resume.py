@@ -23,6 +23,7 @@ from tests.e2e.test_registry import eventually
 from tests.support.processes import served
 from tests.support.redis_server import RedisServer
 from tests.support.resume import (
+    ADMIN,
     AUTH,
     OTHER,
     Read,
@@ -47,11 +48,16 @@ async def test_a_stream_dropped_on_one_replica_resumes_on_the_other(
             first = await read(client, a.base + QUERY, headers=AUTH, at_least=10)
             assert first.status == 200
             rest = await read(client, b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id})
+            counters = (await client.get(f"{a.base}/admin/replica", headers=ADMIN)).json()
+            assert (await client.get(f"{a.base}/admin/replica", headers=AUTH)).status_code == 403
     assert rest.status == 200
     assert_seamless(first, rest)
     assert first.text() + rest.text() == upstream_text(60)
     assert rest.events[-1].type == "done"
     assert len(upstream.records_for(model)) == 1
+    # The producing replica wrote the log in a few pipelines (one per flush, not per frame), none failed.
+    assert counters["log_flusher"]["failures"] == 0
+    assert 1 <= counters["log_flusher"]["pipelines"] <= len(first.events + rest.events)
 
 
 async def test_a_stream_dropped_resumes_on_the_same_process_with_the_memory_backend(
@@ -62,9 +68,11 @@ async def test_a_stream_dropped_resumes_on_the_same_process_with_the_memory_back
         async with httpx.AsyncClient(timeout=10) as client:
             first = await read(client, a.base + QUERY, headers=AUTH, at_least=10)
             rest = await read(client, a.base + QUERY, headers={**AUTH, "last-event-id": first.last_id})
+            counters = (await client.get(f"{a.base}/admin/replica", headers=ADMIN)).json()
     assert_seamless(first, rest)
     assert first.text() + rest.text() == upstream_text(60)
     assert len(upstream.records_for(model)) == 1
+    assert counters["log_flusher"] is None  # one process, no shared store to write to
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])

@@ -19,6 +19,8 @@ KEY = "resume-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {KEY}"}
 OTHER = {"authorization": f"Bearer {OTHER_KEY}"}
+ADMIN_KEY = "resume-admin-0123456789abcdef"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def upstream_text(n: int) -> str:
@@ -48,7 +50,11 @@ def resume_config(
     keys = ""
     if auth:
         digests = [hashlib.sha256(k.encode()).hexdigest() for k in (KEY, OTHER_KEY)]
-        keys = f"auth:\n  keys: [{{id: client, sha256: {digests[0]}}}, {{id: other, sha256: {digests[1]}}}]\n"
+        admin = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
+        keys = (
+            f"auth:\n  keys: [{{id: client, sha256: {digests[0]}}}, {{id: other, sha256: {digests[1]}}}]\n"
+            f"  admin_keys: [{{id: ops, sha256: {admin}}}]\n"
+        )
     state = f"state: {{redis_url: '{redis_url}', key_prefix: 'resume-{tag}:'}}\n" if redis_url else ""
     path = tmp_path / f"resume-{tag}.yaml"
     path.write_text(
