@@ -7,10 +7,12 @@ import time
 
 from bench.loadgen import Target, run_concurrent
 from bench.processes import cpu_seconds
-from bench.scenarios import BURST, TTFT, Figures, failures, paced_command_calls, percentile
+from bench.scenarios import BURST, TTFT, Figures, failures, paced_command_calls, percentile, replica_counters
 
 
-async def resume_cost(off: Target, on: Target, on_redis: Target, *, redis_url: str, rounds: int, out: Figures) -> None:
+async def resume_cost(
+    off: Target, on: Target, on_redis: Target, *, redis_url: str, admin_key: str, rounds: int, out: Figures
+) -> None:
     """What a log costs: resumable `/chat/stream` (its producer a task of its own, a log its watcher follows)
     against the same stream served straight to its client, interleaved; then, with Redis, what the flusher sends
     for 100 paced streams."""
@@ -33,7 +35,10 @@ async def resume_cost(off: Target, on: Target, on_redis: Target, *, redis_url: s
         out.values[f"resume_burst_{name}_tok_s"] = statistics.median(rates[name])
         out.values[f"resume_burst_{name}_cpu_us_per_token"] = statistics.median(cpu[name]) * 1e6
         out.values[f"resume_ttft_c1_{name}_p50_ms"] = percentile(firsts[name], 0.5) * 1000
-    calls, _, tokens, elapsed = await paced_command_calls(on_redis, redis_url)
+    before = (await replica_counters(on_redis.port, admin_key))["log_flusher"]["pipelines"]
+    calls, _, tokens, elapsed = await paced_command_calls(on_redis, redis_url, admin_key)
+    after = (await replica_counters(on_redis.port, admin_key))["log_flusher"]["pipelines"]
+    out.values["resume_flusher_pipelines_per_second"] = (after - before) / elapsed
     out.values["resume_redis_commands_per_1000_tokens"] = sum(calls.values()) / tokens * 1000
     out.values["resume_redis_xadd_per_1000_tokens"] = calls.get("xadd", 0) / tokens * 1000
     out.values["resume_redis_xadd_per_second"] = calls.get("xadd", 0) / elapsed

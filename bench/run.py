@@ -125,6 +125,7 @@ def report(out: Figures, open_count: int) -> str:
         "resume_redis_commands_per_1000_tokens",
         "resume_redis_xadd_per_1000_tokens",
         "resume_redis_xadd_per_second",
+        "resume_flusher_pipelines_per_second",
     ):
         if key in v:
             lines.append(f"{key.replace('_', ' '):32}{v[key]:>60.1f}")
@@ -138,6 +139,7 @@ def tokenrelay_config(upstream_port: int, redis_url: str, prefix: str) -> str:
     return (
         "server: {drain_seconds: 1}\n"
         "auth:\n  keys:\n    - id: bench\n      key: ${BENCH_KEY}\n"
+        "  admin_keys:\n    - id: ops\n      key: ${BENCH_ADMIN_KEY}\n"
         "providers:\n  fake:\n    type: openai\n"
         f"    base_url: http://127.0.0.1:{upstream_port}/v1\n"
         "    timeouts: {connect: 5, first_byte: 30, read: 30, pool: 30}\n"
@@ -148,7 +150,9 @@ def tokenrelay_config(upstream_port: int, redis_url: str, prefix: str) -> str:
     )
 
 
-async def measure(targets: list[Target], extra: list[Target], quick: bool, open_count: int, redis_url: str) -> Figures:
+async def measure(
+    targets: list[Target], extra: list[Target], quick: bool, open_count: int, *, redis_url: str, admin_key: str
+) -> Figures:
     out = Figures()
     rounds = 2 if quick else 3
     by_name = {t.name: t for t in (*targets, *extra)}
@@ -163,12 +167,13 @@ async def measure(targets: list[Target], extra: list[Target], quick: bool, open_
     await throughput(targets, rounds, "burst", BURST, concurrency=64, out=out)
     await throughput(targets, rounds, "paced", PACED, concurrency=100, out=out)
     await no_stall(targets, (250, 500, 1000) if quick else (250, 500, 1000, 1500, 2000, 3000), out)
-    await redis_commands(by_name["v1-redis"], redis_url, out)
+    await redis_commands(by_name["v1-redis"], redis_url, admin_key, out)
     await resume_cost(
         by_name["chat"],
         by_name["chat-resume"],
         by_name["chat-resume-redis"],
         redis_url=redis_url,
+        admin_key=admin_key,
         rounds=rounds,
         out=out,
     )
@@ -177,7 +182,9 @@ async def measure(targets: list[Target], extra: list[Target], quick: bool, open_
     return out
 
 
-async def measure_resume(targets: list[Target], extra: list[Target], quick: bool, redis_url: str) -> Figures:
+async def measure_resume(
+    targets: list[Target], extra: list[Target], quick: bool, redis_url: str, admin_key: str
+) -> Figures:
     out = Figures()
     by_name = {t.name: t for t in (*targets, *extra)}
     for name in ("chat", "chat-resume", "chat-resume-redis"):
@@ -187,6 +194,7 @@ async def measure_resume(targets: list[Target], extra: list[Target], quick: bool
         by_name["chat-resume"],
         by_name["chat-resume-redis"],
         redis_url=redis_url,
+        admin_key=admin_key,
         rounds=2 if quick else 3,
         out=out,
     )
@@ -252,7 +260,8 @@ def main() -> None:
     if own_cpu is not None:
         os.sched_setaffinity(0, {own_cpu})
     key = secrets.token_urlsafe(24)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_KEY": key}
+    admin_key = secrets.token_urlsafe(24)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_KEY": key, "BENCH_ADMIN_KEY": admin_key}
     auth = f"authorization: Bearer {key}\r\n"
     redis = RedisServer().start()
     if own_cpu is not None and redis.pid is not None:
@@ -297,8 +306,10 @@ def main() -> None:
                 if args.workers > 1:
                     return await measure_workers(targets, open_count, args.workers)
                 if args.resume_only:
-                    return await measure_resume(targets, resumable, args.quick, redis.url)
-                return await measure(targets, resumable, args.quick, open_count, redis.url)
+                    return await measure_resume(targets, resumable, args.quick, redis.url, admin_key)
+                return await measure(
+                    targets, resumable, args.quick, open_count, redis_url=redis.url, admin_key=admin_key
+                )
 
             figures = uvloop.run(bench())
     finally:

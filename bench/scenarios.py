@@ -8,7 +8,9 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from redis import asyncio as aioredis
 
 from bench.loadgen import Outcome, Target, one_stream, run_concurrent
@@ -128,9 +130,10 @@ async def open_streams(target: Target, count: int, out: Figures) -> None:
         out.values[f"{name}_kib_per_stream"] = (rss_open - rss_before) / count / 1024
 
 
-async def paced_command_calls(target: Target, redis_url: str) -> tuple[dict[str, int], int, int, float]:
+async def paced_command_calls(target: Target, redis_url: str, admin_key: str) -> tuple[dict[str, int], int, int, float]:
     """Every command Redis ran (INFO commandstats counts the scripts' own commands too) around 100 paced streams
-    that each outlive two heartbeats: (calls by command, streams, tokens, seconds)."""
+    that each outlive two heartbeats, up to the last stream's release: (calls by command, streams, tokens,
+    seconds of streaming)."""
     client = aioredis.Redis.from_url(redis_url)
     try:
         await client.config_resetstat()
@@ -139,6 +142,10 @@ async def paced_command_calls(target: Target, redis_url: str) -> tuple[dict[str,
         elapsed = time.perf_counter() - began
         if bad := failures(outcomes):
             raise RuntimeError(f"{target.name}: {bad[0]}")
+        # A stream's lease and record go just after its client got the last frame: count them too.
+        async with asyncio.timeout(10):
+            while (await replica_counters(target.port, admin_key))["open_streams"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # another process's state: only a new read tells
         stats = await client.info("commandstats")
     finally:
         await client.aclose()
@@ -150,9 +157,20 @@ async def paced_command_calls(target: Target, redis_url: str) -> tuple[dict[str,
     return calls, len(outcomes), tokens, elapsed
 
 
-async def redis_commands(target: Target, redis_url: str, out: Figures) -> None:
+async def replica_counters(port: int, admin_key: str) -> dict[str, Any]:
+    """A tokenrelay replica's own counters (`GET /admin/replica`)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        reply = await client.get(
+            f"http://127.0.0.1:{port}/admin/replica", headers={"authorization": f"Bearer {admin_key}"}
+        )
+    reply.raise_for_status()
+    counters: dict[str, Any] = reply.json()
+    return counters
+
+
+async def redis_commands(target: Target, redis_url: str, admin_key: str, out: Figures) -> None:
     """Redis commands per 1,000 relayed tokens and per stream (a per-token command would show as hundreds)."""
-    calls, streams, tokens, _ = await paced_command_calls(target, redis_url)
+    calls, streams, tokens, _ = await paced_command_calls(target, redis_url, admin_key)
     out.values["redis_commands_per_1000_tokens"] = sum(calls.values()) / tokens * 1000
     out.values["redis_commands_per_stream"] = sum(calls.values()) / streams
     out.values["redis_evalsha_per_stream"] = calls.get("evalsha", 0) / streams
