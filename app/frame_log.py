@@ -27,6 +27,8 @@ from app.frames import ErrorFrame
 from app.sse import encode_json_event
 
 FRAME_END = b"\n\n"
+# How long the producer may wait on its tail's client before the watcher's own task takes over the sending.
+TAIL_SEND_SECONDS = 0.05
 
 
 # Sends one body (and whether more follow) to a watcher's client.
@@ -121,11 +123,22 @@ class FrameLog:
                 if self._on_end is not None:
                     self._on_end(self)
             if self._tail is not None and (body or not more):
-                try:
-                    await self._tail(body, more)
-                except Exception:
-                    self.release_tail()  # its connection broke: its watcher's task takes over (and ends)
+                await self._send_to_tail(self._tail, body, more)
         self._wake()
+
+    async def _send_to_tail(self, tail: Tail, body: bytes, more: bool) -> None:
+        """The producer never waits on a client for long: a send that has to wait for a slow client's socket
+        (uvicorn waits before it writes, so nothing was written) or fails hands the tail back, and the watcher's
+        own task sends that body again from its position."""
+        try:
+            async with asyncio.timeout(TAIL_SEND_SECONDS):
+                await tail(body, more)
+        except asyncio.CancelledError:
+            self.release_tail()
+            self._wake()
+            raise
+        except Exception:  # TimeoutError included
+            self.release_tail()
 
     def hand_tail(self, tail: Tail) -> asyncio.Future[None]:
         """Have the producer send each body it appends straight to `tail` (a watcher that is caught up and alone)
@@ -137,8 +150,11 @@ class FrameLog:
         released = self._tail_released = asyncio.get_running_loop().create_future()
         return released
 
-    def release_tail(self) -> None:
+    def release_tail(self, held: asyncio.Future[None] | None = None) -> None:
+        """Hand the tail back (`held`: only if it is still the one that future was handed with)."""
         released = self._tail_released
+        if held is not None and held is not released:
+            return
         self._tail = self._tail_released = None
         if released is not None and not released.done():
             released.set_result(None)
@@ -219,8 +235,8 @@ class FrameLog:
     async def settle(self, seconds: float) -> None:
         """Until the shared store holds the log's ending, for at most `seconds`. The producer's registry record
         must outlive that moment: a watcher elsewhere that found neither would take the stream for lost."""
-        if self.stored is None or self.status != 200:
-            return
+        if self.stored is None or self.status != 200 or not self.ended:
+            return  # not ended: its producer died, and the log's `internal` ending comes after this
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await asyncio.shield(self.stored)

@@ -133,7 +133,7 @@ class RemoteWatcher:
         stream_id, after, entries = self._point.stream_id, self._point.seq, self._entries
         # Read on from the entry that may end with the client's own last frame (its id is that seq + 1): a
         # client can hold frames the log has yet to get, up to the ending itself.
-        cursor = entries[-1].entry_id if entries else f"0-{after}"
+        cursor = entries[-1].entry_id if entries else f"0-{max(after, 0)}"
         watching_until = 0.0
         loop = asyncio.get_running_loop()
         while True:

@@ -122,25 +122,31 @@ class StreamWatcher:
     async def _tail(self, log: FrameLog, send: Send, keepalive: KeepAlive) -> bool:
         """Caught up and alone: the producer sends what it appends straight to this client until the log ends
         (True: the response is complete), another watcher comes, or this one leaves; then this task reads on
-        from its position."""
+        from its position, once the producer's send in flight (if any) is over."""
         complete = False
+        in_flight: asyncio.Future[None] | None = None
 
         async def direct(body: bytes, more: bool) -> None:
-            nonlocal complete
-            if body:
-                self._position += 1  # before the send: once released, this task must not send that body again
-            complete = not more
-            keepalive.wrote()
-            await send({"type": "http.response.body", "body": body, "more_body": more})
-            if complete:
-                log.release_tail()
+            nonlocal complete, in_flight
+            in_flight = asyncio.get_running_loop().create_future()
+            try:
+                keepalive.wrote()
+                await send({"type": "http.response.body", "body": body, "more_body": more})
+                if body:
+                    self._position += 1
+                if not more:
+                    complete = True
+                    log.release_tail()
+            finally:
+                in_flight.set_result(None)
 
         released = log.hand_tail(direct)
         try:
             await released
         finally:
-            if not released.done():
-                log.release_tail()
+            log.release_tail(released)
+        if in_flight is not None and not in_flight.done():
+            await in_flight  # one send at a time on a connection, and the position it leaves
         return complete
 
 

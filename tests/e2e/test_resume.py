@@ -409,3 +409,22 @@ async def test_a_replica_shutting_down_hands_its_watchers_of_other_streams_on(
     assert_seamless(first, Read(200, handed_on.events + rest.events))
     assert first.text() + handed_on.text() + rest.text() == upstream_text(300)
     assert len(upstream.records_for(model)) == 1
+
+
+async def test_a_watcher_elsewhere_from_the_start_gets_it_all_before_anything_was_stored(
+    tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    # Flushed only at its start (the announcement) and its end: B follows a log that holds nothing yet.
+    path, model = resume_config(
+        tmp_path, upstream.base_url, redis_url=redis_server.url, n=100, gap_ms=10, flush_ms=5000
+    )
+    with served(path) as a, served(path) as b:
+        async with httpx.AsyncClient(timeout=15) as client:
+            created = await client.post(f"{a.base}/chat/streams", json={"model": "story", "prompt": "go"}, headers=AUTH)
+            assert created.status_code == 201
+            whole = await read(client, f"{b.base}/chat/streams/{created.json()['id']}", headers=AUTH)
+    assert whole.status == 200
+    assert whole.seqs == list(range(len(whole.events)))
+    assert whole.events[-1].type == "done"
+    assert whole.text() == upstream_text(100)
+    assert len(upstream.records_for(model)) == 1
