@@ -31,11 +31,13 @@ from app.resume import ResumePoint, resume_head
 from app.shutdown import ShutdownDrain
 from app.sse import PING, encode_json_event_without_id, encode_retry
 from app.streams import SHUTDOWN_RETRY_MS
-from app.watcher import cancel_on_disconnect
+from app.watcher import cancel_on_disconnect, idless_error
 
 logger = logging.getLogger("tokenrelay.resume")
 
 LOST_MESSAGE = "the server producing this stream stopped before its end; what it produced was replayed"
+TRUNCATED = "the stream's log dropped frames after this one before they were stored; they cannot be replayed"
+STORE_FAILED = "the stream store failed; resume with Last-Event-ID in a moment"
 
 
 class SharedLogReader:
@@ -148,7 +150,7 @@ class RemoteWatcher:
                 if not entry.lost and entry.first > after + 1:
                     # The producer's log dropped frames before they were flushed (its byte cap, with Redis down):
                     # say so rather than relay a stream with a hole in it.
-                    parts.append(_truncated())
+                    parts.append(idless_error("stream_truncated", TRUNCATED, ""))
                     terminal = True
                     break
                 parts.append(entry.data if entry.lost else _after(entry, after))
@@ -174,7 +176,13 @@ class RemoteWatcher:
                         return
             except (RedisError, BackendUnavailable) as exc:
                 logger.warning("stream %s: the stream store failed under a watcher: %s", stream_id, exc)
-                await send({"type": "http.response.body", "body": _store_failed(), "more_body": False})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": idless_error("internal", STORE_FAILED, ""),
+                        "more_body": False,
+                    }
+                )
                 return
 
     async def _ending(self, after: int) -> tuple[list[LogEntry], bytes | None]:
@@ -203,26 +211,6 @@ def _after(entry: LogEntry, seq: int) -> bytes:
         return b""
     frames = entry.data.split(FRAME_END)[seq + 1 - entry.first : -1]
     return b"".join(frame + FRAME_END for frame in frames)
-
-
-def _truncated() -> bytes:
-    frame = ErrorFrame(
-        code="stream_truncated",
-        message="the stream's log dropped frames after this one before they were stored; they cannot be replayed",
-        retryable=True,
-        request_id="",
-    )
-    return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
-
-
-def _store_failed() -> bytes:
-    frame = ErrorFrame(
-        code="internal",
-        message="the stream store failed; resume with Last-Event-ID in a moment",
-        retryable=True,
-        request_id="",
-    )
-    return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
 
 
 async def _hand_on(send: Send) -> None:

@@ -100,7 +100,9 @@ class StreamWatcher:
                 else:
                     data, self._position = log.read(self._position)
             except LogTruncated:
-                await send({"type": "http.response.body", "body": body + _truncated(log), "more_body": False})
+                message = "this connection fell behind the stream's log; resume with Last-Event-ID for what is left"
+                ending = idless_error("stream_truncated", message, log.request_id)
+                await send({"type": "http.response.body", "body": body + ending, "more_body": False})
                 return
             body += data
             done = log.ended and self._position == log.end
@@ -150,13 +152,10 @@ class StreamWatcher:
         return complete
 
 
-def _truncated(log: FrameLog) -> bytes:
-    frame = ErrorFrame(
-        code="stream_truncated",
-        message="this connection fell behind the stream's log; resume with Last-Event-ID for what is left",
-        retryable=True,
-        request_id=log.request_id,
-    )
+def idless_error(code: str, message: str, request_id: str) -> bytes:
+    """A retryable `error` frame that is not one of the stream's frames (no id): what a watcher says of its own
+    connection (it fell behind, its store failed), so that a resume with the client's last id still works."""
+    frame = ErrorFrame(code=code, message=message, retryable=True, request_id=request_id)
     return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
 
 
