@@ -12,6 +12,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 
 from app.chat_input import ChatInput
+from app.dialects import Dialect
 from app.errors import RateLimited
 from app.frame_log import FrameLog
 from app.json_body import read_body
@@ -126,12 +127,18 @@ class ChatService:
         """`/chat/stream` produced into a log, which this request's client and any later one watch; `detached`:
         it runs to its end whether or not anyone watches (`POST /chat/streams`)."""
         run = await self._sse_run(chat, request_id, caller)
+        return self._produce(run, request_id, caller, Dialect.CHAT, detached=detached)
+
+    def _produce(
+        self, run: StreamRun, request_id: str, caller: Caller, dialect: Dialect, *, detached: bool = False
+    ) -> ResumableStream:
         resume = self._settings.stream.resume
         log = FrameLog(
             run.stream_id,
             owner=owner_digest(caller.principal),
             request_id=request_id,
             max_bytes=resume.max_bytes,
+            dialect=dialect,
             on_end=self._logs.ended,
         )
         stream = ResumableStream(
@@ -161,8 +168,11 @@ class ChatService:
         encoder = SSEEncoder(stream_id, self._settings.stream.retry_ms)
         return await self._run(stream_id, route, request, encoder, caller=caller, api="chat", transport="sse")
 
-    async def open_completion(self, chat: ChatCompletionInput, request_id: str, caller: Caller) -> StreamRun:
-        """`/v1/chat/completions`: OpenAI chunks when `stream` is true, one `chat.completion` otherwise."""
+    async def open_completion(
+        self, chat: ChatCompletionInput, request_id: str, caller: Caller
+    ) -> StreamRun | StreamWatcher:
+        """`/v1/chat/completions`: OpenAI chunks when `stream` is true, one `chat.completion` otherwise. A
+        resumable stream (`"resumable": true`) is produced into a log, and its chunks carry ids to resume from."""
         route = self._providers.resolve(chat.model)
         check_model(caller.identity, route.public_model)
         request = ChatRequest(
@@ -180,13 +190,18 @@ class ChatService:
         stream_id, created = new_stream_id(), int(time.time())
         encoder: StreamEncoder
         if chat.stream:
-            encoder = OpenAIChunkEncoder(stream_id, route.public_model, created, chat.include_usage)
+            encoder = OpenAIChunkEncoder(
+                stream_id, route.public_model, created, chat.include_usage, resumable=chat.resumable
+            )
         else:
             encoder = CompletionEncoder(stream_id, created)
         transport = "openai-sse" if chat.stream else "openai-json"
-        return await self._run(
+        run = await self._run(
             stream_id, route, request, encoder, caller=caller, created=created, api="openai", transport=transport
         )
+        if not chat.resumable:
+            return run
+        return self.watch_new(self._produce(run, request_id, caller, Dialect.OPENAI))
 
     async def _run(
         self,

@@ -6,10 +6,11 @@ seq of its last frame; a watcher reads entries from its position and follows the
 so the watcher on the producing replica never waits for anything but the producer. The log is bounded by
 bytes: beyond `max_bytes` its oldest entries are dropped, and a resume from them is refused as truncated.
 
-A `/chat/stream` frame holds exactly one blank line, its end (its JSON data is compact and its other lines are
-tokenrelay's own), and seqs count frames from 0: so the log counts the frames of each body itself, and an entry
-can be cut between frames by splitting on it (a resume from inside an entry, since the start and the first
-token leave in one body, gets only the frames after its seq).
+A frame holds exactly one blank line, its end (a `/chat/stream` frame's JSON data is compact and its other lines
+are tokenrelay's own; an OpenAI event's data is split into a line per line break), and seqs count frames from 0:
+so the log counts the frames of each body itself, and an entry can be cut between frames by splitting on it (a
+resume from inside an entry, since the start and the first token leave in one body, gets only the frames after
+its seq).
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
+from app.dialects import Dialect
 from app.errors import InternalError, error_body
 from app.frames import ErrorFrame
-from app.sse import encode_json_event
 
 FRAME_END = b"\n\n"
 # How long the producer may wait on its tail's client before the watcher's own task takes over the sending.
@@ -52,6 +51,7 @@ class FrameLog:
         "_waiters",
         "announced",
         "base",
+        "dialect",
         "ended",
         "flushed",
         "head",
@@ -71,9 +71,11 @@ class FrameLog:
         owner: str,
         request_id: str,
         max_bytes: int,
+        dialect: Dialect = Dialect.CHAT,
         on_end: Callable[[FrameLog], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
+        self.dialect = dialect  # the wire format of its frames, and of those tokenrelay adds
         self.owner = owner  # the principal's digest: only its own client may watch
         self.request_id = request_id
         self._max_bytes = max_bytes
@@ -178,8 +180,7 @@ class FrameLog:
             request_id=self.request_id,
         )
         if self.status == 200:
-            frame = encode_json_event("error", msgspec.json.encode(error), id=f"{stream_id}.{self.last_seq + 1}")
-            self._append(frame)
+            self._append(self.dialect.error(error, id=f"{stream_id}.{self.last_seq + 1}"))
         elif self.status is None:
             self.status = 500
             self.head = [(b"content-type", b"application/json")]

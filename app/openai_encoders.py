@@ -13,9 +13,10 @@ from typing import Any
 
 import msgspec
 
-from app.errors import UpstreamError, error_type
+from app.dialects import openai_error
+from app.errors import UpstreamError
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
-from app.sse import PING, encode_data_events, encode_json_data
+from app.sse import PING, encode_data_events, encode_json_data, number_events
 from app.sse_transport import SSE_HEADERS
 from providers.base import Delta
 
@@ -30,18 +31,6 @@ def _data(payload: Any) -> bytes:
     return encode_json_data(_encode(payload))
 
 
-def _error_payload(frame: ErrorFrame) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": frame.message,
-            "type": error_type(frame.code),
-            "param": None,
-            "code": frame.code,
-            "request_id": frame.request_id,
-        }
-    }
-
-
 class OpenAIChunkEncoder:
     headers = SSE_HEADERS
     # A comment line: openai-python's decoder skips it, and with no id/event/retry fields ever sent on this
@@ -49,8 +38,13 @@ class OpenAIChunkEncoder:
     keepalive = PING
     buffered = False
 
-    def __init__(self, stream_id: str, public_model: str, created: int, include_usage: bool) -> None:
+    def __init__(
+        self, stream_id: str, public_model: str, created: int, include_usage: bool, *, resumable: bool = False
+    ) -> None:
         self._id = f"chatcmpl-{stream_id}"
+        # Resumable: each event carries `id: <stream>.<seq>` as `/chat/stream` frames do, for `Last-Event-ID`.
+        self._stream_id = stream_id if resumable else None
+        self._seq = 0
         self._model = public_model
         self._created = created
         self._include_usage = include_usage
@@ -65,8 +59,14 @@ class OpenAIChunkEncoder:
         if self._passthrough is None:
             self._passthrough = bool(delta.raw)
         if self._passthrough:
-            return self._relay(delta)
-        return self._chunk(delta)
+            return self._numbered(self._relay(delta))
+        return self._numbered(self._chunk(delta))
+
+    def _numbered(self, body: bytes) -> bytes:
+        if self._stream_id is None or not body:
+            return body
+        body, self._seq = number_events(body, self._stream_id, self._seq)
+        return body
 
     def _relay(self, delta: Delta) -> bytes:
         if not delta.raw:
@@ -111,15 +111,15 @@ class OpenAIChunkEncoder:
 
     def end(self, frame: DoneFrame | ErrorFrame) -> bytes:
         if isinstance(frame, ErrorFrame):
-            return _data(_error_payload(frame))
+            return self._numbered(_data(openai_error(frame)))
         if self._include_usage and not self._usage_sent:
             usage = msgspec.structs.asdict(frame.usage)
-            return _data(self._envelope([], usage)) + _DONE
-        return _DONE
+            return self._numbered(_data(self._envelope([], usage)) + _DONE)
+        return self._numbered(_DONE)
 
     def cancel(self, frame: CancelFrame, error: ErrorFrame, retry_ms: int | None) -> bytes:
         # OpenAI's stream has no cancel event: the SDKs raise the error line as `APIError` with its code.
-        return _data(_error_payload(error))
+        return self._numbered(_data(openai_error(error)))
 
 
 def _tool_call_delta(index: int, call_id: str | None, name: str | None, arguments: str) -> dict[str, Any]:
@@ -177,7 +177,7 @@ class CompletionEncoder:
 
     def end(self, frame: DoneFrame | ErrorFrame) -> bytes:
         if isinstance(frame, ErrorFrame):
-            return _encode(_error_payload(frame))
+            return _encode(openai_error(frame))
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text) or None}
         if self._reasoning:
             message["reasoning_content"] = "".join(self._reasoning)

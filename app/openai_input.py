@@ -77,6 +77,8 @@ class ChatCompletionInput(BaseModel):
     stop: str | list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # tokenrelay's own: the stream goes on after its client leaves, and its chunks carry ids to resume from.
+    resumable: bool = False
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionInput:
@@ -111,4 +113,7 @@ def parse_chat_completion(body: bytes, content_type: str | None) -> ChatCompleti
         raise InvalidRequest("n: only n=1 is supported", field="n", status=400)
     if parsed.stream_options is not None and not parsed.stream:
         raise InvalidRequest("stream_options: only allowed when stream is true", field="stream_options", status=400)
+    if parsed.resumable and not parsed.stream:
+        # One JSON body at the end has nothing to resume from.
+        raise InvalidRequest("resumable: only allowed when stream is true", field="resumable", status=400)
     return parsed

@@ -17,19 +17,19 @@ import contextlib
 import logging
 import random
 
-import msgspec
 from litestar.types import ASGIApp, Receive, Scope, Send
 from redis.exceptions import RedisError
 
 from app.backends.base import BackendUnavailable
 from app.backends.redis_log import BLOCK_MS, LogEntry, Lost, RedisLogStore
+from app.dialects import Dialect
 from app.errors import StoreUnavailable, StreamNotFound, StreamTruncated
 from app.frame_log import FRAME_END
 from app.frames import ErrorFrame
 from app.keepalive import KeepAlive
 from app.resume import ResumePoint, resume_head
 from app.shutdown import ShutdownDrain
-from app.sse import PING, encode_json_event_without_id, encode_retry
+from app.sse import PING, encode_retry
 from app.streams import SHUTDOWN_RETRY_MS
 from app.watcher import cancel_on_disconnect, idless_error
 
@@ -38,6 +38,7 @@ logger = logging.getLogger("tokenrelay.resume")
 LOST_MESSAGE = "the server producing this stream stopped before its end; what it produced was replayed"
 TRUNCATED = "the stream's log dropped frames after this one before they were stored; they cannot be replayed"
 STORE_FAILED = "the stream store failed; resume with Last-Event-ID in a moment"
+HANDED_ON = "this server is shutting down; resume with Last-Event-ID on another"
 
 
 class SharedLogReader:
@@ -66,17 +67,27 @@ class SharedLogReader:
                     entries = [e for e in await store.entries(point.stream_id, point.seq) if e.visible_after(point.seq)]
         except RedisError as exc:
             raise StoreUnavailable("the stream store is unreachable; retry shortly", retry_after=1) from exc
-        lost = msgspec.json.encode(
-            ErrorFrame(code="stream_lost", message=LOST_MESSAGE, retryable=True, request_id=meta.request_id)
+        lost = ErrorFrame(code="stream_lost", message=LOST_MESSAGE, retryable=True, request_id=meta.request_id)
+        return RemoteWatcher(
+            store, point, entries, ping_interval=ping_interval, lost=lost, dialect=meta.dialect, drain=self._drain
         )
-        return RemoteWatcher(store, point, entries, ping_interval=ping_interval, lost=lost, drain=self._drain)
 
 
 class RemoteWatcher:
     """A watcher is no stream of this replica's: when this replica shuts down it hands its client on (a short,
     jittered `retry:`, then the end of the response) and EventSource resumes on another replica."""
 
-    __slots__ = ("_drain", "_entries", "_lost", "_ping_interval", "_point", "_stopping", "_store", "_task")
+    __slots__ = (
+        "_dialect",
+        "_drain",
+        "_entries",
+        "_lost",
+        "_ping_interval",
+        "_point",
+        "_stopping",
+        "_store",
+        "_task",
+    )
 
     def __init__(
         self,
@@ -85,9 +96,11 @@ class RemoteWatcher:
         entries: list[LogEntry],
         *,
         ping_interval: float,
-        lost: bytes,
+        lost: ErrorFrame,
+        dialect: Dialect,
         drain: ShutdownDrain,
     ) -> None:
+        self._dialect = dialect
         self._drain = drain
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -95,7 +108,7 @@ class RemoteWatcher:
         self._point = point
         self._entries = entries
         self._ping_interval = ping_interval
-        self._lost = lost  # the JSON of the `stream_lost` error, should this watcher be the one to append it
+        self._lost = lost  # the `stream_lost` error, should this watcher be the one to append it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -110,7 +123,7 @@ class RemoteWatcher:
             if self._drain.draining:
                 # Arrived after the drain began (or after it ended, while uvicorn finishes): nothing here will
                 # outlive the process, so the client goes elsewhere at once.
-                await _hand_on(send)
+                await _hand_on(send, self._dialect)
                 return
             keepalive.start()
             await self._follow(send, keepalive)
@@ -120,7 +133,7 @@ class RemoteWatcher:
             task.uncancel()
             if self._stopping and not left.is_set():
                 with contextlib.suppress(Exception):
-                    await _hand_on(send)
+                    await _hand_on(send, self._dialect)
         finally:
             self._drain.untrack(self)
             keepalive.stop()
@@ -150,7 +163,7 @@ class RemoteWatcher:
                 if not entry.lost and entry.first > after + 1:
                     # The producer's log dropped frames before they were flushed (its byte cap, with Redis down):
                     # say so rather than relay a stream with a hole in it.
-                    parts.append(idless_error("stream_truncated", TRUNCATED, ""))
+                    parts.append(idless_error(self._dialect, "stream_truncated", TRUNCATED, ""))
                     terminal = True
                     break
                 parts.append(entry.data if entry.lost else _after(entry, after))
@@ -179,7 +192,7 @@ class RemoteWatcher:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": idless_error("internal", STORE_FAILED, ""),
+                        "body": idless_error(self._dialect, "internal", STORE_FAILED, ""),
                         "more_body": False,
                     }
                 )
@@ -189,7 +202,7 @@ class RemoteWatcher:
         """After a blocking read found nothing: entries to send (none: read on), or the last bytes of a response
         whose stream is over for this client."""
         stream_id = self._point.stream_id
-        found = await self._store.mark_lost(stream_id, self._lost, after)
+        found = await self._store.mark_lost(stream_id, self._lost, self._dialect, after)
         if found is Lost.MARKED:
             logger.warning("stream %s: its producer is gone; ended it as lost", stream_id)
         elif found is Lost.ENDED:
@@ -199,7 +212,7 @@ class RemoteWatcher:
             return entries, None if any(e.visible_after(after) for e in entries) else b""
         elif found is Lost.GONE:
             logger.warning("stream %s: its log expired under a watcher", stream_id)
-            return [], encode_json_event_without_id("error", self._lost)
+            return [], self._dialect.error(self._lost)
         return [], None
 
 
@@ -213,8 +226,12 @@ def _after(entry: LogEntry, seq: int) -> bytes:
     return b"".join(frame + FRAME_END for frame in frames)
 
 
-async def _hand_on(send: Send) -> None:
+async def _hand_on(send: Send, dialect: Dialect) -> None:
     """End the response with a short, jittered `retry:` and no terminal frame: EventSource reconnects at once, and
-    the load balancer sends it to a replica that is not going away."""
+    the load balancer sends it to a replica that is not going away. An OpenAI client has no EventSource to do
+    that: it is told why its stream stopped, in an error it can resume after."""
     retry = random.randint(*SHUTDOWN_RETRY_MS)  # noqa: S311 - jitter, not a secret
-    await send({"type": "http.response.body", "body": encode_retry(retry), "more_body": False})
+    body = encode_retry(retry)
+    if dialect is Dialect.OPENAI:
+        body += idless_error(dialect, "server_shutdown", HANDED_ON, "")
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -32,9 +32,21 @@ def encode_data_events(datas: tuple[bytes, ...]) -> bytes:
     return b"data: " + joined + b"\n\n"
 
 
-def encode_json_data(data: bytes) -> bytes:
-    """A data-only event of compact JSON (msgspec's output escapes every CR, LF and NUL)."""
+def encode_json_data(data: bytes, *, id: str | None = None) -> bytes:
+    """A data-only event of compact JSON (msgspec's output escapes every CR, LF and NUL), under an id of
+    tokenrelay's if given."""
+    if id is not None:
+        return b"id: " + id.encode() + b"\ndata: " + data + b"\n\n"
     return b"data: " + data + b"\n\n"
+
+
+def number_events(body: bytes, stream_id: str, seq: int) -> tuple[bytes, int]:
+    """Each event of `body` (whole events, each ended by its one blank line) under the id `<stream_id>.<seq>`,
+    counting on from `seq`; and the seq after the last. What makes an OpenAI stream resumable."""
+    events = body.split(b"\n\n")[:-1]
+    prefix = stream_id.encode() + b"."
+    out = [b"id: " + prefix + str(seq + i).encode() + b"\n" + event + b"\n\n" for i, event in enumerate(events)]
+    return b"".join(out), seq + len(events)
 
 
 def encode_comment(text: str) -> bytes:

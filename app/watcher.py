@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import msgspec
 from litestar.types import Receive, Scope, Send
 
+from app.dialects import Dialect
 from app.frame_log import FrameLog, LogTruncated
 from app.frames import ErrorFrame
 from app.keepalive import KeepAlive
 from app.resumable import ResumableStream
-from app.sse import PING, encode_json_event_without_id
+from app.sse import PING
 
 logger = logging.getLogger("tokenrelay.watcher")
 
@@ -101,7 +101,7 @@ class StreamWatcher:
                     data, self._position = log.read(self._position)
             except LogTruncated:
                 message = "this connection fell behind the stream's log; resume with Last-Event-ID for what is left"
-                ending = idless_error("stream_truncated", message, log.request_id)
+                ending = idless_error(log.dialect, "stream_truncated", message, log.request_id)
                 await send({"type": "http.response.body", "body": body + ending, "more_body": False})
                 return
             body += data
@@ -152,11 +152,10 @@ class StreamWatcher:
         return complete
 
 
-def idless_error(code: str, message: str, request_id: str) -> bytes:
+def idless_error(dialect: Dialect, code: str, message: str, request_id: str) -> bytes:
     """A retryable `error` frame that is not one of the stream's frames (no id): what a watcher says of its own
     connection (it fell behind, its store failed), so that a resume with the client's last id still works."""
-    frame = ErrorFrame(code=code, message=message, retryable=True, request_id=request_id)
-    return encode_json_event_without_id(frame.event, msgspec.json.encode(frame))
+    return dialect.error(ErrorFrame(code=code, message=message, retryable=True, request_id=request_id))
 
 
 async def cancel_on_disconnect(receive: Receive, task: asyncio.Task[None], left: asyncio.Event) -> None:

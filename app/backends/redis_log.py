@@ -5,7 +5,8 @@ Keys, hash-tagged by the stream like its registry record (one Redis Cluster slot
   producer's log: `f` (the seq of its first frame), `d` (the frames, as the SSE bytes every watcher sends) and
   `t` (1 for the entry holding the terminal frame). Its id is `0-<last seq + 1>`, so that a reader can ask for
   what follows a seq without scanning, and so that nothing can be appended twice or out of order.
-- `<prefix>stream:{<id>}:meta`: whose stream it is (the principal's digest) and its request id, written as soon
+- `<prefix>stream:{<id>}:meta`: whose stream it is (the principal's digest), its request id and its frames' wire
+  format (`/chat/stream` or OpenAI chunks, for the frames a watcher adds), written as soon
   as the stream is created (before its first frame), so that a client quick to reconnect elsewhere finds it.
 - `<prefix>stream:{<id>}:live`: set by the first flush for as long as a registry record lives, so that a stream
   is never taken for lost before its replica's first heartbeat has written its record.
@@ -30,7 +31,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from app.backends.base import BackendUnavailable
 from app.backends.resp import Command, RespConnection
+from app.dialects import Dialect
 from app.frame_log import FrameLog
+from app.frames import ErrorFrame
 
 # How long a remote watcher blocks on the log before it looks whether the producer is still alive.
 BLOCK_MS = 1000
@@ -58,7 +61,7 @@ if #last > 0 then
 elseif redis.call('EXISTS', KEYS[4]) == 0 then
   return 3
 end
-local frame = 'id: ' .. ARGV[1] .. '.' .. seq .. '\\nevent: error\\ndata: ' .. ARGV[2] .. '\\n\\n'
+local frame = 'id: ' .. ARGV[1] .. '.' .. seq .. '\\n' .. ARGV[5] .. 'data: ' .. ARGV[2] .. '\\n\\n'
 redis.call('XADD', KEYS[1], '"""
     + LOST_ENTRY_ID
     + """', 'f', seq, 'd', frame, 't', '1', 'l', '1')
@@ -97,6 +100,7 @@ class LogEntry:
 class LogMeta:
     owner: str
     request_id: str
+    dialect: Dialect
 
 
 class _Written:
@@ -185,7 +189,8 @@ class RedisLogStore:
         key = self._key(stream_id, "log")
         written = self._written.setdefault(stream_id, _Written())
         if not log.announced:
-            commands.append(("HSET", self._key(stream_id, "meta"), "o", log.owner, "r", log.request_id))
+            meta = ("o", log.owner, "r", log.request_id, "d", log.dialect.value)
+            commands.append(("HSET", self._key(stream_id, "meta"), *meta))
             commands.append(("SET", self._key(stream_id, "live"), "1", "PX", self._live_ms))
         entries = log.entries(log.flushed)
         if entries:
@@ -219,7 +224,9 @@ class RedisLogStore:
         fields: Any = await self.client.hgetall(self._key(stream_id, "meta"))
         if not fields or b"o" not in fields:
             return None
-        return LogMeta(owner=fields[b"o"].decode(), request_id=fields.get(b"r", b"").decode())
+        # A log announced by a replica of a release before OpenAI streams were resumable has no `d`.
+        dialect = Dialect(fields.get(b"d", b"chat").decode())
+        return LogMeta(owner=fields[b"o"].decode(), request_id=fields.get(b"r", b"").decode(), dialect=dialect)
 
     async def entries(self, stream_id: str, after: int) -> list[LogEntry]:
         """The entries holding frames after seq `after`."""
@@ -235,7 +242,7 @@ class RedisLogStore:
         raw: Any = await self.client.xrevrange(self._key(stream_id, "log"), count=1)
         return _entry(*raw[0]) if raw else None
 
-    async def mark_lost(self, stream_id: str, frame_json: bytes, after: int) -> Lost:
+    async def mark_lost(self, stream_id: str, error: ErrorFrame, dialect: Dialect, after: int) -> Lost:
         """End a stream whose producer is gone (no record, no live key, no terminal entry) with one `error`
         frame, atomically: whichever watcher comes first appends it, the others find it there. `after`: the
         last seq the caller's client holds."""
@@ -246,7 +253,8 @@ class RedisLogStore:
             self._key(stream_id, "live"),
             self._key(stream_id, "meta"),
         ]
-        return Lost(await self._mark_lost(keys=keys, args=[stream_id, frame_json, self._retention_ms, after]))
+        args = [stream_id, dialect.error_data(error), self._retention_ms, after, dialect.error_fields]
+        return Lost(await self._mark_lost(keys=keys, args=args))
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:

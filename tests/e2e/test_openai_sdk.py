@@ -182,3 +182,33 @@ async def test_unknown_fields_reach_the_upstream_and_come_back_unchanged(base: s
     assert b'"service_tier":"default"' in response.content
     assert relayed[-1] == b"data: [DONE]"
     assert not any(b'"choices":[]' in line for line in relayed), "usage chunk sent although not asked for"
+
+
+@pytest.mark.parametrize("model", ["text", "multiline_data", "tool_calls", "echo"])
+async def test_a_resumable_stream_reaches_the_sdk_as_an_unresumable_one_does(client: AsyncOpenAI, model: str) -> None:
+    """`"resumable": true` (sent as the SDK's `extra_body`) adds an id to each event, which the SDK skips: its
+    chunks are the same, multi-line upstream events and tool calls included."""
+    plain = [
+        c.model_dump() async for c in await client.chat.completions.create(model=model, messages=USER, stream=True)
+    ]
+    resumable = await client.chat.completions.create(
+        model=model, messages=USER, stream=True, extra_body={"resumable": True}
+    )
+    chunks = [c.model_dump() async for c in resumable]
+    assert [c["choices"] for c in chunks] == [c["choices"] for c in plain]
+    assert len(chunks) > 1
+
+
+async def test_a_resumable_stream_ends_in_an_api_error_as_an_unresumable_one_does(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="error_chunk", messages=USER, stream=True, extra_body={"resumable": True}
+    )
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError, match="Sorry about that"):
+        await consume()
+    assert "".join(received) == "Partial answer"

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.frames import DoneFrame, StartFrame, Usage
+from app.dialects import Dialect
+from app.frames import DoneFrame, ErrorFrame, StartFrame, Usage
 from app.openai_encoders import OpenAIChunkEncoder
 from app.sse import PING, encode_comment, encode_data, encode_data_events
 from app.sse_transport import SSEEncoder
@@ -168,3 +169,56 @@ def test_pieces_encoded_together_equal_each_encoded_alone(pieces: list[str]) -> 
     """The pass-through joins a read's chunks once; a line break in any of them must still split it into lines."""
     datas = tuple(p.encode() for p in pieces)
     assert encode_data_events(datas) == b"".join(encode_data(d) for d in datas)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_TEXT, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_a_resumable_pass_through_numbers_each_event_and_keeps_its_data(texts: list[str], cuts: list[int]) -> None:
+    """Each event under its own id, counting from 0, with its data intact; and one blank line per event, which is
+    how a stream's log counts its frames."""
+    encoder = OpenAIChunkEncoder("s", "m", 1, include_usage=False, resumable=True)
+    bodies = [encoder.delta(Delta(text="x", raw=(t.encode(), b"{}"))) for t in texts] + [encoder.end(DONE)]
+    stream = b"".join(bodies)
+    result = _feed_cut(stream, cuts).result
+    expected = [d for t in texts for d in (t.replace("\r\n", "\n").replace("\r", "\n"), "{}")] + ["[DONE]"]
+    assert [e.data for e in result.events] == expected
+    assert [e.last_event_id for e in result.events] == [f"s.{i}" for i in range(len(expected))]
+    assert stream.count(b"\n\n") == len(expected)
+    assert set(result.fields_seen) == {"id", "data"}
+
+
+ERROR = ErrorFrame(code="stream_lost", message="gone\nbad", retryable=True, request_id="r")
+
+
+@pytest.mark.parametrize(
+    ("dialect", "id", "expected"),
+    [
+        (
+            Dialect.CHAT,
+            "s.4",
+            b'id: s.4\nevent: error\ndata: {"code":"stream_lost","message":"gone\\nbad","retryable":true,'
+            b'"request_id":"r"}\n\n',
+        ),
+        (
+            Dialect.CHAT,
+            None,
+            b'event: error\ndata: {"code":"stream_lost","message":"gone\\nbad","retryable":true,"request_id":"r"}\n\n',
+        ),
+        (
+            Dialect.OPENAI,
+            "s.4",
+            b'id: s.4\ndata: {"error":{"message":"gone\\nbad","type":"api_error","param":null,'
+            b'"code":"stream_lost","request_id":"r"}}\n\n',
+        ),
+        (
+            Dialect.OPENAI,
+            None,
+            b'data: {"error":{"message":"gone\\nbad","type":"api_error","param":null,"code":"stream_lost",'
+            b'"request_id":"r"}}\n\n',
+        ),
+    ],
+)
+def test_the_error_frames_tokenrelay_adds_to_a_log_speak_its_dialect(
+    dialect: Dialect, id: str | None, expected: bytes
+) -> None:
+    assert dialect.error(ERROR, id=id) == expected
