@@ -42,13 +42,18 @@ class FrameLog:
     __slots__ = (
         "_bodies",
         "_bytes",
+        "_expired",
+        "_expiry",
         "_first_seq",
+        "_in_flight",
         "_lasts",
         "_max_bytes",
         "_on_end",
+        "_sending",
         "_tail",
         "_tail_released",
         "_waiters",
+        "_watching",
         "announced",
         "base",
         "dialect",
@@ -87,6 +92,11 @@ class FrameLog:
         self._waiters: list[asyncio.Future[None]] = []
         self._tail: Tail | None = None
         self._tail_released: asyncio.Future[None] | None = None
+        self._sending = 0  # counts the sends to the tail: which one is in flight, which one expired
+        self._in_flight = False
+        self._watching = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expired = 0
         self.base = 0  # the position of the oldest entry held (positions count every entry ever appended)
         self.flushed = 0  # the position up to which the shared store has the entries
         self.announced = False  # the shared store knows the stream (whose it is), before any entry
@@ -130,17 +140,49 @@ class FrameLog:
 
     async def _send_to_tail(self, tail: Tail, body: bytes, more: bool) -> None:
         """The producer never waits on a client for long: a send that has to wait for a slow client's socket
-        (uvicorn waits before it writes, so nothing was written) or fails hands the tail back, and the watcher's
-        own task sends that body again from its position."""
+        (uvicorn waits before it writes, so nothing was written) for over `TAIL_SEND_SECONDS`, or fails, hands
+        the tail back, and the watcher's own task sends that body again from its position.
+
+        Not `asyncio.timeout` per body: its timer costs about 7 us a body, as much as the rest of the relay. A
+        send to a client that keeps up never suspends, so only a send that did suspend needs a timer: one
+        callback per producer step looks whether the producer is suspended in a send, and only then arms it."""
+        self._sending += 1
+        self._in_flight = True
+        if not self._watching:
+            self._watching = True
+            asyncio.get_running_loop().call_soon(self._watch_send, asyncio.current_task())
         try:
-            async with asyncio.timeout(TAIL_SEND_SECONDS):
-                await tail(body, more)
+            await tail(body, more)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._expired == self._sending and task is not None and task.uncancel() == 0:
+                self.release_tail()  # the timer's own cancel, and nobody else's: the send took too long
+                return
             self.release_tail()
             self._wake()
             raise
-        except Exception:  # TimeoutError included
+        except Exception:
             self.release_tail()
+        finally:
+            self._in_flight = False
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
+
+    def _watch_send(self, producer: asyncio.Task[Any] | None) -> None:
+        self._watching = False
+        if self._in_flight and producer is not None and self._expiry is None:
+            # The producer's step ended inside a send: that send waits on the client.
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_later(TAIL_SEND_SECONDS, self._expire, producer, self._sending)
+
+    def _expire(self, producer: asyncio.Task[Any], send: int) -> None:
+        self._expiry = None
+        if self._in_flight and self._sending == send:
+            # Suspended in that send still (the producer is not running: this is a callback); the cancel lands
+            # at its await, inside `_send_to_tail`.
+            self._expired = send
+            producer.cancel()
 
     def hand_tail(self, tail: Tail) -> asyncio.Future[None]:
         """Have the producer send each body it appends straight to `tail` (a watcher that is caught up and alone)

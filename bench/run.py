@@ -126,9 +126,10 @@ def report(out: Figures, open_count: int) -> str:
         "resume_redis_xadd_per_1000_tokens",
         "resume_redis_xadd_per_second",
         "resume_flusher_pipelines_per_second",
+        "resume_burst_ratio",
     ):
         if key in v:
-            lines.append(f"{key.replace('_', ' '):32}{v[key]:>60.1f}")
+            lines.append(f"{key.replace('_', ' '):32}{v[key]:>60.2f}")
     lines.append("")
     lines += [f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in out.verdicts]
     return "\n".join(lines)

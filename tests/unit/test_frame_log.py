@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from app.errors import InvalidRequest, StreamNotFound
-from app.frame_log import FrameLog, LogTruncated
+from app.frame_log import TAIL_SEND_SECONDS, FrameLog, LogTruncated
 from app.frames import DoneFrame, StartFrame, Usage
 from app.resume import ResumePoint, parse_event_id, resume_point
 from app.sse_transport import SSEEncoder
@@ -170,3 +170,48 @@ async def test_a_producer_that_died_releases_the_tail() -> None:
     log.abort("s1")
     assert released.done()
     assert b"event: error" in log.read(0)[0]
+
+
+async def test_a_tail_that_stalls_is_released_within_its_bound_and_the_producer_goes_on() -> None:
+    log = FrameLog("s1", owner="o", request_id="r", max_bytes=1 << 20)
+    await log.send({"type": "http.response.start", "status": 200, "headers": []})
+    stalled = asyncio.get_running_loop().create_future()
+    sends: list[bytes] = []
+
+    async def slow(body: bytes, more: bool) -> None:
+        sends.append(body)
+        if len(sends) == 1:
+            await asyncio.sleep(0.001)  # a short wait on the socket: well within the bound
+        else:
+            await stalled  # a client that stopped reading
+
+    released = log.hand_tail(slow)
+    producer = asyncio.create_task(log.send({"type": "http.response.body", "body": b"a\n\n", "more_body": True}))
+    await producer
+    assert not released.done()
+    second = asyncio.create_task(log.send({"type": "http.response.body", "body": b"b\n\n", "more_body": True}))
+    async with asyncio.timeout(TAIL_SEND_SECONDS * 10):
+        await second  # returns of itself: not cancelled, not stuck on the client
+    assert not second.cancelled()
+    assert released.done()
+    assert log.end == 2
+    await log.send({"type": "http.response.body", "body": b"c\n\n", "more_body": True})
+    assert sends == [b"a\n\n", b"b\n\n"]  # the tail is the watcher's own task's again
+
+
+async def test_a_producer_stopped_while_its_tail_stalls_is_cancelled() -> None:
+    log = FrameLog("s1", owner="o", request_id="r", max_bytes=1 << 20)
+    await log.send({"type": "http.response.start", "status": 200, "headers": []})
+    entered = asyncio.Event()
+
+    async def stalled(body: bytes, more: bool) -> None:
+        entered.set()
+        await asyncio.get_running_loop().create_future()
+
+    released = log.hand_tail(stalled)
+    producer = asyncio.create_task(log.send({"type": "http.response.body", "body": b"a\n\n", "more_body": True}))
+    await entered.wait()
+    producer.cancel()  # a stop (DELETE, shutdown) while the send waits: it must not pass for a slow client
+    with pytest.raises(asyncio.CancelledError):
+        await producer
+    assert released.done()
