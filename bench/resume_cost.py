@@ -9,7 +9,7 @@ from bench.loadgen import Target, run_concurrent
 from bench.processes import cpu_seconds
 from bench.scenarios import BURST, TTFT, Figures, failures, paced_command_calls, percentile, replica_counters
 
-BURST_ROUNDS_PER_ROUND = 4
+BURST_PAIRS_PER_ROUND = 12
 
 
 async def resume_cost(
@@ -21,10 +21,11 @@ async def resume_cost(
     rates: dict[str, list[float]] = {off.name: [], on.name: []}
     cpu: dict[str, list[float]] = {off.name: [], on.name: []}
     firsts: dict[str, list[float]] = {off.name: [], on.name: []}
-    # A burst round takes a fifth of a second, so the machine's own noise moves one round by 20 %: many short
-    # rounds, each pair run back to back, and the ratio judged is the median of the pairs' ratios.
-    for _ in range(BURST_ROUNDS_PER_ROUND * rounds):
-        for target in (off, on):
+    # A burst round takes a fifth of a second, and this machine's noise (other tenants' steal time) moves a round
+    # by 25 %: many short rounds, each pair run back to back (in alternating order), and the ratio judged is the
+    # median of the pairs' ratios.
+    for pair in range(BURST_PAIRS_PER_ROUND * rounds):
+        for target in (off, on) if pair % 2 == 0 else (on, off):
             before, began = cpu_seconds(target.pid), time.perf_counter()
             outcomes = await run_concurrent(target, BURST[0], BURST[1], 64, 1)
             elapsed = time.perf_counter() - began

@@ -190,6 +190,7 @@ async def measure_resume(
     by_name = {t.name: t for t in (*targets, *extra)}
     for name in ("chat", "chat-resume", "chat-resume-redis"):
         await run_concurrent(by_name[name], TTFT[0], TTFT[1], 8, 2)
+        await run_concurrent(by_name[name], BURST[0], BURST[1], 64, 1)
     await resume_cost(
         by_name["chat"],
         by_name["chat-resume"],
