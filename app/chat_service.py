@@ -25,7 +25,8 @@ from app.sessions import SessionReader
 from app.settings import Settings
 from app.shutdown import ShutdownDrain
 from app.sse_transport import SSEEncoder
-from app.streams import StreamEncoder, StreamRun, new_stream_id
+from app.stream_encoder import StreamEncoder
+from app.streams import StreamRun, new_stream_id
 from app.watcher import StreamWatcher
 from middleware.auth import Authenticator, Identity, check_model
 from middleware.principal import principal_key

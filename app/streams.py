@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import secrets
 import time
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, aclosing
-from dataclasses import replace
-from typing import Protocol
 
 from litestar.types import Receive, Scope, Send
 
 from app.errors import InternalError, ProxyError, StreamCancelled, UpstreamError, error_body
 from app.frame_log import FrameLog
-from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame, Usage
+from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
 from app.keepalive import KeepAlive
 from app.limits import Admission
 from app.registry import (
@@ -47,6 +44,9 @@ from app.registry import (
     public_principal,
 )
 from app.shutdown import FINAL_WRITE_SECONDS, ShutdownDrain, shutdown_error
+from app.stream_encoder import StreamEncoder
+from app.stream_tally import StreamTally
+from app.upstream_open import first_of, open_upstream
 from providers.base import ChatRequest, Delta, TokenUsage
 from providers.registry import Route, Target
 from providers.retry import RetryPolicy
@@ -57,25 +57,6 @@ YIELD_AFTER_SECONDS = 0.005
 # Before a shutdown `cancel`, EventSource is told to come back soon, at a random moment in this window, so that
 # the clients of a stopping replica do not all reconnect to the others in the same instant.
 SHUTDOWN_RETRY_MS = (500, 2500)
-
-
-class StreamEncoder(Protocol):
-    """One stream's wire protocol (SSE frames, OpenAI chunks ...): events in, bytes out. One per stream."""
-
-    headers: tuple[tuple[bytes, bytes], ...]
-    keepalive: bytes
-    # True: the whole answer is collected and sent at the end (a non-stream API), with its real status.
-    buffered: bool
-
-    def start(self, frame: StartFrame) -> bytes: ...
-
-    def delta(self, delta: Delta) -> bytes: ...
-
-    def end(self, frame: DoneFrame | ErrorFrame) -> bytes: ...
-
-    def cancel(self, frame: CancelFrame, error: ErrorFrame, retry_ms: int | None) -> bytes:
-        """The terminal bytes of a stream stopped from outside (`frame`, or `error` where there is no cancel)."""
-        ...
 
 
 def new_stream_id() -> str:
@@ -90,34 +71,27 @@ class StreamRun:
         "_client_left",
         "_committed",
         "_committing",
-        "_completion_chars",
         "_direct",
         "_drain",
         "_encoder",
         "_ended",
         "_failure",
-        "_first_delta_at",
         "_keepalive",
         "_last_yield",
         "_loop",
-        "_outcome",
         "_ping_interval",
         "_policy",
-        "_prompt_estimate",
         "_registry",
         "_request",
         "_response_started",
         "_route",
         "_send",
-        "_served_by",
         "_shutdown",
-        "_started",
         "_stop_reason",
+        "_tally",
         "_target",
         "_task",
         "_transport",
-        "_usage",
-        "_writes",
         "created",
         "log",
         "stream_id",
@@ -152,7 +126,7 @@ class StreamRun:
         self._encoder = encoder
         self._policy = policy
         self._ping_interval = ping_interval
-        self._prompt_estimate = prompt_estimate
+        self._tally = StreamTally(prompt_estimate)
         self._send: Send = _not_started
         self._loop: asyncio.AbstractEventLoop  # the serving loop, known once __call__ runs
         self._task: asyncio.Task[None] | None = None
@@ -162,19 +136,12 @@ class StreamRun:
         self._client_left = False
         self._shutdown = False  # stopped from outside: a shutdown, an admin or the client's own DELETE
         self._stop_reason: StopReason = "server_shutdown"
-        self._writes = 0
         self._last_yield = 0.0
         self._keepalive: KeepAlive | None = None
         self._direct = True  # serving its own client, not a log
         self._committing: asyncio.Task[None] | None = None
-        self._completion_chars = 0
-        self._served_by = "-"
-        self._outcome = "disconnected"
         self._failure: ProxyError | None = None
-        self._usage: Usage | None = None
-        self._first_delta_at: float | None = None
         self.created = created
-        self._started = time.monotonic()
         self.log: FrameLog | None = None  # set when the stream is produced into a log for its watchers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -216,7 +183,13 @@ class StreamRun:
                 self._keepalive.stop()
             if self._committing is not None:
                 self._committing.cancel()
-            self._finish()
+            principal = self._admission.principal if self._admission is not None else "-"
+            self._tally.log_end(
+                stream_id=self.stream_id,
+                request_id=self._request.request_id,
+                principal=principal,
+                model=self._route.public_model,
+            )
             if self._admission is not None:
                 # Shielded: a second cancellation (server shutdown) must not stop the lease's release half-way.
                 # Closing also takes the stream out of the registry, and its record out of the store.
@@ -227,13 +200,14 @@ class StreamRun:
     async def _release(self, admission: Admission) -> None:
         if self.log is not None:
             await self.log.settle(FINAL_WRITE_SECONDS)
-        await admission.close(self._used_tokens())
+        await admission.close(self._tally.used_tokens())
 
     def record(self, replica: str) -> StreamRecord:
         """The registry's record of this stream, as it is now."""
         target = self._target
         principal = self._admission.principal if self._admission is not None else "address"
-        first = self._first_delta_at
+        tally = self._tally
+        first = tally.first_delta_at
         return StreamRecord(
             id=self.stream_id,
             principal=public_principal(principal),
@@ -242,16 +216,16 @@ class StreamRun:
             upstream_model=target.upstream_model if target is not None else None,
             api=self._api,
             replica=replica,
-            started_at=epoch(self._started),
+            started_at=epoch(tally.started),
             first_token_at=None if first is None else epoch(first),
-            tokens_out=estimated_tokens(self._completion_chars),
+            tokens_out=estimated_tokens(tally.chars),
             state="starting" if first is None else "streaming",
             watchers=self._watchers(replica),
             owner=owner_digest(principal),
         )
 
     def _watchers(self, replica: str) -> tuple[Watcher, ...]:
-        since = epoch(self._started)
+        since = epoch(self._tally.started)
         count = 1 if self.log is None else self.log.watchers
         return tuple(Watcher(replica, self._transport, since) for _ in range(count))
 
@@ -273,7 +247,7 @@ class StreamRun:
         self._ended = True
         reason = self._stop_reason
         shutdown = reason == "server_shutdown"
-        self._outcome = reason if shutdown else "cancelled"
+        self._tally.outcome = reason if shutdown else "cancelled"
         error: ProxyError = shutdown_error() if shutdown else StreamCancelled(f"the stream was stopped ({reason})")
         try:
             async with asyncio.timeout(FINAL_WRITE_SECONDS):
@@ -303,9 +277,18 @@ class StreamRun:
         terminal: DoneFrame | ErrorFrame
         async with AsyncExitStack() as upstream:
             try:
-                target, deltas, first = await self._open(upstream)
+                target, deltas, first = await open_upstream(
+                    self._route,
+                    self._request,
+                    self._policy,
+                    upstream,
+                    first_delta=self._first_delta,
+                    committed=lambda: self._committed,
+                    stream_id=self.stream_id,
+                )
+                self._tally.served_by = target.provider_name
                 self._target = target
-                self._first_delta_at = time.monotonic()
+                self._tally.first_delta_at = time.monotonic()
             except Exception as exc:
                 error = exc if isinstance(exc, ProxyError) else _internal(self.stream_id, exc)
                 if not self._committed:
@@ -324,7 +307,7 @@ class StreamRun:
                 async with aclosing(deltas):
                     terminal = await self._relay(first, pending is not None, deltas)
         self._ended = True
-        self._outcome = terminal.event
+        self._tally.outcome = terminal.event
         if not self._encoder.buffered:
             await self._write(self._encoder.end(terminal), more=False)
         elif self._failure is not None:
@@ -334,51 +317,16 @@ class StreamRun:
             self._response_started = True
             await self._write(self._encoder.end(terminal), more=False)
 
-    async def _open(self, upstream: AsyncExitStack) -> tuple[Target, AsyncGenerator[Delta, None], Delta]:
-        """Try the route's targets in order, with retries, until one produces a first delta."""
-        error: ProxyError = UpstreamError("the model has no targets")
-        for target in self._route.targets:
-            request = replace(self._request, model=target.upstream_model, timeouts=target.timeouts)
-            for attempt in range(self._policy.attempts_per_target):
-                attempt_stack = AsyncExitStack()
-                try:
-                    deltas = await attempt_stack.enter_async_context(target.provider.stream(request))
-                    first = await self._first_delta(target, deltas)
-                except ProxyError as failure:
-                    await attempt_stack.aclose()
-                    if self._committed:
-                        raise  # the client has the 200 already: no second upstream may answer
-                    error = failure
-                    delay = self._policy.retry_delay(failure, attempt)
-                    logger.warning(
-                        "upstream attempt failed stream=%s provider=%s model=%s code=%s retry_in=%s: %s",
-                        self.stream_id, target.provider_name, target.upstream_model, failure.code,
-                        "-" if delay is None else f"{delay:.3f}", failure.message,
-                    )  # fmt: skip
-                    if delay is None:
-                        break
-                    await asyncio.sleep(delay)
-                except BaseException:
-                    await attempt_stack.aclose()
-                    raise
-                else:
-                    upstream.push_async_exit(attempt_stack)
-                    self._served_by = target.provider_name
-                    return target, deltas, first
-            if not self._policy.falls_back(error):
-                break
-        raise error
-
     async def _first_delta(self, target: Target, deltas: AsyncGenerator[Delta, None]) -> Delta:
         """The first delta; if a keep-alive falls due first, commit to this target meanwhile.
 
         A timer, not a task per stream: in the common case the delta comes first and the timer never fires.
         """
         if self._encoder.buffered:
-            return await _first_of(deltas)
+            return await first_of(deltas)
         timer = self._loop.call_later(self._ping_interval, self._commit_due, target)
         try:
-            return await _first_of(deltas)
+            return await first_of(deltas)
         finally:
             timer.cancel()
             if self._committing is not None:
@@ -425,11 +373,12 @@ class StreamRun:
         finish_reason: str | None = None
         usage: TokenUsage | None = None
         delta, write = first, write_first
+        tally = self._tally
         try:
             while True:
-                self._completion_chars += len(delta.text)
+                tally.chars += len(delta.text)
                 if delta.tool_calls:
-                    self._completion_chars += sum(len(c.arguments) for c in delta.tool_calls)
+                    tally.chars += sum(len(c.arguments) for c in delta.tool_calls)
                 if write:
                     await self._write(self._encoder.delta(delta))
                 write = True
@@ -446,18 +395,12 @@ class StreamRun:
             return self._error_frame(_internal(self.stream_id, exc))
         if finish_reason is None:
             return self._error_frame(UpstreamError("the upstream ended the stream without finishing the answer"))
-        if usage is None:
-            completion = math.ceil(self._completion_chars / 4)
-            total = Usage(self._prompt_estimate, completion, self._prompt_estimate + completion)
-            return DoneFrame(finish_reason=finish_reason, usage=total, usage_source="estimated")
-        total = Usage(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens + usage.completion_tokens)
-        self._usage = total
-        return DoneFrame(finish_reason=finish_reason, usage=total, usage_source="provider")
+        return tally.done(finish_reason, usage)
 
     async def _write(self, body: bytes, *, more: bool = True) -> None:
         if not body and more:
             return
-        self._writes += 1
+        self._tally.writes += 1
         now = self._loop.time()
         if self._keepalive is not None:
             self._keepalive.wrote()
@@ -470,7 +413,7 @@ class StreamRun:
             await asyncio.sleep(0)
 
     async def _refuse(self, error: ProxyError) -> None:
-        self._outcome = error.code
+        self._tally.outcome = error.code
         headers = [(b"content-type", b"application/json"), *self._limit_headers()]
         headers += [(k.encode(), v.encode()) for k, v in error.response_headers().items()]
         await self._send({"type": "http.response.start", "status": error.status, "headers": headers})
@@ -483,45 +426,16 @@ class StreamRun:
             return []
         return [(k.encode(), v.encode()) for k, v in self._admission.headers.items()]
 
-    def _used_tokens(self) -> int:
-        if self._usage is not None:
-            return self._usage.total_tokens
-        return self._prompt_estimate + math.ceil(self._completion_chars / 4)  # partial, on cancel or error
-
     def _error_frame(self, error: ProxyError) -> ErrorFrame:
         self._failure = error
         return ErrorFrame(
             code=error.code, message=error.message, retryable=error.retryable, request_id=self._request.request_id
         )
 
-    def _finish(self) -> None:
-        """The stream's one log line: who (the key's id, never the key), what, how it ended, usage, timings."""
-        principal = self._admission.principal if self._admission is not None else "-"
-        key_id = principal.removeprefix("key:") if principal.startswith("key:") else "-"
-        if self._usage is not None:
-            prompt, completion, source = self._usage.prompt_tokens, self._usage.completion_tokens, "provider"
-        else:
-            prompt, completion = self._prompt_estimate, math.ceil(self._completion_chars / 4)
-            source = "estimated" if self._outcome == "done" else "partial"
-        ttft = "-" if self._first_delta_at is None else f"{(self._first_delta_at - self._started) * 1000:.1f}"
-        logger.info(
-            "stream end id=%s request_id=%s key=%s principal=%s model=%s provider=%s outcome=%s "
-            "prompt_tokens=%d completion_tokens=%d usage=%s ttft_ms=%s writes=%d seconds=%.3f",
-            self.stream_id, self._request.request_id, key_id, principal, self._route.public_model, self._served_by,
-            self._outcome, prompt, completion, source, ttft, self._writes, time.monotonic() - self._started,
-        )  # fmt: skip
-
 
 def _internal(stream_id: str, exc: Exception) -> InternalError:
     logger.error("stream %s failed", stream_id, exc_info=exc)
     return InternalError(f"tokenrelay failed while streaming ({type(exc).__name__})")
-
-
-async def _first_of(deltas: AsyncGenerator[Delta, None]) -> Delta:
-    try:
-        return await anext(deltas)
-    except StopAsyncIteration:
-        raise UpstreamError("the upstream ended the stream before sending anything") from None
 
 
 async def _not_started(message: object) -> None:
