@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 
 from app.backends.base import Backend, BackendUnavailable
-from app.errors import Forbidden, InvalidRequest, LimitsUnavailable, RouteNotFound, Unauthorized
+from app.errors import Forbidden, InvalidRequest, LimitsUnavailable, StreamNotFound, Unauthorized
+from app.limits import ANNOUNCE_SECONDS
 from app.log_flusher import LogFlusher
 from app.registry import StopReason, StreamRecord, StreamRegistry, decode_record, owner_digest
 from app.resumable import StreamLogs
@@ -99,12 +100,24 @@ class AdminService:
     async def stream(self, stream_id: str) -> StreamRecord:
         if not STREAM_ID.fullmatch(stream_id):
             raise InvalidRequest("not a stream id", field="stream_id", status=400)
+        local = self._registry.local(stream_id)
+        if local is not None:
+            # This replica's own: known from its first moment, not only once a heartbeat has written its record.
+            return local.record(self._registry.replica)
         try:
             raw = await self._backend.stream(stream_id)
+            if raw is None:
+                # Another replica's stream may be younger than its record, which its replica writes within
+                # `ANNOUNCE_SECONDS`: a Stop pressed at once after the start still finds it.
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 3 * ANNOUNCE_SECONDS
+                while raw is None and loop.time() < deadline:
+                    await asyncio.sleep(STOP_POLL_SECONDS)
+                    raw = await self._backend.stream(stream_id)
         except BackendUnavailable as exc:
             raise LimitsUnavailable("the stream registry is unavailable; try again shortly", retry_after=1) from exc
         if raw is None:
-            raise RouteNotFound(f"no open stream {stream_id!r}")
+            raise StreamNotFound(f"no open stream {stream_id!r}")
         return decode_record(raw)
 
     async def stop(self, stream_id: str, reason: StopReason, *, owner: str | None = None) -> tuple[bool, StreamRecord]:
@@ -113,7 +126,7 @@ class AdminService:
         record = await self.stream(stream_id)
         stream_id = record.id
         if owner is not None and record.owner != owner_digest(owner):
-            raise RouteNotFound(f"no open stream {stream_id!r}")
+            raise StreamNotFound(f"no open stream {stream_id!r}")
         if record.replica == self._registry.replica:
             self._registry.stop(stream_id, reason)
             return await self._registry.ended(stream_id, STOP_WAIT_SECONDS), record

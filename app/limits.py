@@ -70,6 +70,9 @@ class Admission:
 
 
 _STOP_REASONS: dict[str, StopReason] = {"admin": "admin", "client": "client"}  # what another replica may ask
+# A new stream's record is written this soon after its start (with those of every stream opened meanwhile), so
+# that another replica can list and stop it at once rather than after the next heartbeat.
+ANNOUNCE_SECONDS = 0.05
 HEARTBEAT_SECONDS = 2.0  # at most: the registry's records are this fresh; leases need only a third of their TTL
 
 
@@ -88,6 +91,8 @@ class Limiter:
         # good beat, or forgotten after a TTL, when the store has expired them by itself.
         self._orphans: dict[tuple[str, str], float] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
+        self._opened = asyncio.Event()
         self._cancels: asyncio.Task[None] | None = None  # hears this replica's cancel messages
         self.fallback_decisions = 0  # decisions made locally because the shared store failed
         self._mean_stream_seconds: float | None = None  # how long this process's streams last (moving average)
@@ -113,13 +118,15 @@ class Limiter:
         self._heartbeat = loop.create_task(self._renew_leases())
         if self._registry is not None:
             self._cancels = loop.create_task(self._backend.hear_cancels(self._registry.replica, self._on_cancel))
+            self._registry.on_add = self._opened.set
+            self._announcer = loop.create_task(self._announce(self._registry))
 
     def _on_cancel(self, stream_id: str, reason: str) -> None:
         if self._registry is not None and reason in _STOP_REASONS:
             self._registry.stop(stream_id, _STOP_REASONS[reason])
 
     async def aclose(self) -> None:
-        for task in (self._heartbeat, self._cancels):
+        for task in (self._heartbeat, self._cancels, self._announcer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -269,6 +276,24 @@ class Limiter:
                 await self.beat()
             except Exception:
                 logger.exception("lease heartbeat failed; it beats again in %.1f s", interval)
+
+    async def _announce(self, registry: StreamRegistry) -> None:
+        """Write the records of new streams, in one round trip for all those opened within `ANNOUNCE_SECONDS`.
+        Supervised like the heartbeat, which writes them anyway if this fails."""
+        while True:
+            await self._opened.wait()
+            await asyncio.sleep(ANNOUNCE_SECONDS)
+            self._opened.clear()
+            records = registry.fresh_records()
+            if not records:
+                continue
+            try:
+                await self._backend.assert_leases((), self._settings.lease_ttl_seconds, records)
+                # A stream that ended while its record was on its way: take the record out again.
+                if gone := [stream_id for stream_id, _ in records if not registry.local(stream_id)]:
+                    await self._backend.release_all(set(), gone)
+            except Exception as exc:
+                logger.warning("could not write new streams' records (the heartbeat will): %s", exc)
 
     async def beat(self) -> None:
         """Assert again every lease this process holds, in one round trip (which also puts back leases a

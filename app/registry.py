@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import msgspec
@@ -91,12 +92,17 @@ class StreamRegistry:
         self._open: dict[str, Registered] = {}
         self._written: set[str] = set()  # records a beat has put in the store
         self._ending: dict[str, asyncio.Event] = {}  # streams someone waits to see end
+        self._fresh: list[str] = []  # opened since `fresh_records` last ran
+        self.on_add: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._open)
 
     def add(self, stream: Registered) -> None:
         self._open[stream.stream_id] = stream
+        self._fresh.append(stream.stream_id)
+        if self.on_add is not None:
+            self.on_add()
 
     def discard(self, stream_id: str) -> bool:
         """Forget a stream that ended; True if its record is in the store (so `finish` must remove it)."""
@@ -127,6 +133,17 @@ class StreamRegistry:
         except TimeoutError:
             return False
         return True
+
+    def fresh_records(self) -> list[tuple[str, bytes]]:
+        """The records of streams opened since the last call, still open, that no beat has written yet."""
+        fresh, self._fresh = self._fresh, []
+        encoded = [
+            (stream_id, msgspec.json.encode(stream.record(self.replica)))
+            for stream_id in fresh
+            if stream_id not in self._written and (stream := self._open.get(stream_id)) is not None
+        ]
+        self._written.update(stream_id for stream_id, _ in encoded)
+        return encoded
 
     def records(self) -> list[tuple[str, bytes]]:
         """Every open stream's record, encoded, for the heartbeat to write."""

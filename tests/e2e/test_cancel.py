@@ -71,13 +71,15 @@ class Watched:
 
 
 async def stop_from(
-    client: httpx.AsyncClient, stopper: str, owner: str, upstream: FakeUpstream, done: int
+    client: httpx.AsyncClient, stopper: str, owner: str, upstream: FakeUpstream, done: int, *, at_once: bool = False
 ) -> tuple[float, int]:
-    """Open a stream on `owner`, stop it through `stopper`'s admin API; seconds until the client's cancel frame."""
+    """Open a stream on `owner`, stop it through `stopper`'s admin API (once listed there, or `at_once` after its
+    start frame); seconds from the DELETE to the client's cancel frame."""
     async with client.stream("POST", f"{owner}/chat/stream", json={"prompt": "hi"}, headers=CLIENT) as response:
         watched = Watched(response)
         stream_id = await watched.started()
-        await eventually(lambda: _listed(client, stopper, stream_id))
+        if not at_once:
+            await eventually(lambda: _listed(client, stopper, stream_id))
         began = time.monotonic()
         deleted = await client.delete(f"{stopper}/admin/streams/{stream_id}", headers=ADMIN)
         event, data, at = await watched.terminal()
@@ -101,6 +103,8 @@ async def test_an_admin_on_one_replica_stops_a_stream_on_the_other(tmp_path: Pat
         with serve(path) as (a, _), serve(path) as (b, _):
             async with httpx.AsyncClient(timeout=10) as client:
                 took = [(await stop_from(client, b, a, upstream, i))[0] for i in range(20)]
+                # A Stop pressed as soon as the stream started, before any heartbeat wrote its record.
+                await stop_from(client, b, a, upstream, 20, at_once=True)
         assert statistics.median(took) < 0.1, took
     finally:
         upstream.stop()
@@ -137,19 +141,16 @@ async def test_a_client_stops_its_own_stream_over_its_session(
                     assert foreign.status_code == 404  # another principal's stream does not exist for it
                     unknown = await browser.delete(f"{base}/chat/streams/no-such-stream")
                     assert unknown.status_code == 404
+                    assert unknown.json()["error"]["code"] == "stream_not_found"
                     assert (await browser.delete(f"{base}/chat/streams/bad%20id!")).status_code == 400
-                    own = await eventually(lambda: _own_stop(browser, base, stream_id))
+                    # At once: its replica knows it from its first moment, before any heartbeat wrote its record.
+                    own = await browser.delete(f"{base}/chat/streams/{stream_id}")
                     event, data, _ = await watched.terminal()
                 assert (event, data) == ("cancel", {"reason": "client", "retryable": False})
                 assert own.status_code == 200
                 assert own.json()["state"] == "cancelled"
     finally:
         upstream.stop()
-
-
-async def _own_stop(client: httpx.AsyncClient, base: str, stream_id: str) -> httpx.Response | None:
-    response = await client.delete(f"{base}/chat/streams/{stream_id}")
-    return None if response.status_code == 404 else response  # 404 until its record has been written
 
 
 async def test_a_stopped_v1_stream_ends_with_a_cancelled_error_line(tmp_path: Path) -> None:
@@ -163,14 +164,9 @@ async def test_a_stopped_v1_stream_ends_with_a_cancelled_error_line(tmp_path: Pa
                     await lines.__anext__()  # the first chunk: the stream is open
                     # The chunks carry the upstream's own ids (lossless pass-through); the stream's is a header.
                     stream_id = held.headers["x-tokenrelay-stream-id"]
-                    deleted = await eventually(lambda: _admin_stop(client, base, stream_id))
+                    deleted = await client.delete(f"{base}/admin/streams/{stream_id}", headers=ADMIN)
                     rest = [line async for line in lines if line.startswith("data: ")]
                 assert deleted.status_code == 200
                 assert json.loads(rest[-1][6:])["error"]["code"] == "cancelled"
     finally:
         upstream.stop()
-
-
-async def _admin_stop(client: httpx.AsyncClient, base: str, stream_id: str) -> httpx.Response | None:
-    response = await client.delete(f"{base}/admin/streams/{stream_id}", headers=ADMIN)
-    return None if response.status_code == 404 else response
