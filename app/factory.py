@@ -74,7 +74,12 @@ def create_app(settings: Settings) -> Litestar:
     drain = ShutdownDrain(settings.server.drain_seconds)
     logs = StreamLogs(settings.stream.resume)
     log_store = _log_store(settings)
-    flusher = LogFlusher(logs, log_store, settings.stream.resume.flush_interval_ms / 1000) if log_store else None
+    resume = settings.stream.resume
+    flusher = (
+        LogFlusher(logs, log_store, resume.flush_interval_ms / 1000, renew_every=resume.retention_seconds / 4)
+        if log_store
+        else None
+    )
     clients = Authenticator(settings.auth)
     admins = Authenticator(AuthSettings(keys=settings.auth.admin_keys))
     admin_service = AdminService(backend, registry, admins, clients, logs=logs, flusher=flusher)

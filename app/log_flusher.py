@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from app.backends.base import BackendUnavailable
 from app.backends.redis_log import RedisLogStore
@@ -21,10 +22,15 @@ logger = logging.getLogger("tokenrelay.resume")
 
 
 class LogFlusher:
-    def __init__(self, logs: StreamLogs, store: RedisLogStore, interval: float) -> None:
+    def __init__(self, logs: StreamLogs, store: RedisLogStore, interval: float, *, renew_every: float) -> None:
         self._logs = logs
         self._store = store
         self._interval = interval
+        # A running stream's keys expire after the retention time unless renewed, and a flush renews only the
+        # logs it writes to: every `renew_every`, one flush also visits the logs that had nothing to write (a
+        # long wait for a first token, a stalled upstream), so they are not lost to a resume elsewhere.
+        self._renew_every = renew_every
+        self._renew_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -77,11 +83,15 @@ class LogFlusher:
                 self._failing = False
 
     async def flush(self) -> None:
-        pending = self._logs.unflushed()
+        now = time.monotonic()
+        renew = now >= self._renew_at
+        if renew:
+            self._renew_at = now + self._renew_every
+        pending = self._logs.unflushed(running=renew)
         refused, self._refused = self._refused, []
         if pending or refused:
             try:
-                await self._store.flush(pending, refused)
+                wrote = await self._store.flush(pending, refused)
             except BaseException:
                 self.failures += 1
                 self._refused += refused
@@ -91,4 +101,4 @@ class LogFlusher:
                     if log.ended and log.stored is not None and not log.stored.done():
                         log.stored.set_result(None)
                 raise
-            self.pipelines += 1
+            self.pipelines += wrote

@@ -153,12 +153,13 @@ class StreamLogs:
         loop = asyncio.get_running_loop()
         self._expiries[log.stream_id] = loop.call_later(self._settings.retention_seconds, self._forget, log.stream_id)
 
-    def unflushed(self) -> list[FrameLog]:
-        """The logs the shared store has yet to hear of, or whose entries it has yet to get."""
+    def unflushed(self, *, running: bool = False) -> list[FrameLog]:
+        """The logs the shared store has yet to hear of, or whose entries it has yet to get; `running`: every log
+        whose stream still runs, too (the store renews their keys' time to live)."""
         return [
             log
             for log in (s.log for s in self._streams.values())
-            if log.status in (None, 200) and (not log.announced or log.flushed < log.end)
+            if log.status in (None, 200) and (not log.announced or log.flushed < log.end or (running and not log.ended))
         ]
 
     def _forget(self, stream_id: str) -> None:

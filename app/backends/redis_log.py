@@ -150,10 +150,10 @@ class RedisLogStore:
     def _record_key(self, stream_id: str) -> str:
         return f"{self._prefix}stream:{{{stream_id}}}"
 
-    async def flush(self, logs: Sequence[FrameLog], refused: Sequence[FrameLog] = ()) -> None:
+    async def flush(self, logs: Sequence[FrameLog], refused: Sequence[FrameLog] = ()) -> bool:
         """Write what each log has that Redis has not, in one pipeline, and forget the `refused` ones; a log's
         `flushed` moves on only once Redis took its entries. Raises `BackendUnavailable` if the pipeline failed
-        (the next flush retries)."""
+        (the next flush retries). False if there was nothing to write."""
         commands: list[Command] = []
         ends: list[tuple[FrameLog, int]] = []
         now = time.monotonic()
@@ -164,7 +164,7 @@ class RedisLogStore:
             ends.append((log, log.end))
             commands += self._commands(log, now)
         if not commands:
-            return
+            return False
         try:
             replies = await self._pipe.execute(commands)
         except RedisError as exc:
@@ -181,6 +181,7 @@ class RedisLogStore:
                 self._written.pop(log.stream_id, None)
                 if log.stored is not None and not log.stored.done():
                     log.stored.set_result(None)
+        return True
 
     def _commands(self, log: FrameLog, now: float) -> list[Command]:
         """What the flush sends for one log: its announcement, its new entries in one XADD, a trim, TTLs."""

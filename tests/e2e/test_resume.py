@@ -428,3 +428,23 @@ async def test_a_watcher_elsewhere_from_the_start_gets_it_all_before_anything_wa
     assert whole.events[-1].type == "done"
     assert whole.text() == upstream_text(100)
     assert len(upstream.records_for(model)) == 1
+
+
+async def test_a_stream_silent_for_longer_than_the_retention_time_still_resumes_elsewhere(
+    tmp_path: Path, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    # Committed by a keep-alive after 0.2 s, then silent for 3 s (its first token): three times the retention
+    # time, which its keys in Redis must outlive while the stream runs.
+    path, model = resume_config(
+        tmp_path, upstream.base_url, redis_url=redis_server.url, n=20, retention=1, first_ms=3000, ping_seconds=0.2
+    )
+    with served(path) as a, served(path) as b:
+        async with httpx.AsyncClient(timeout=15) as client:
+            first = await read(client, a.base + QUERY, headers=AUTH, at_least=1)
+            assert [e.type for e in first.events] == ["start"]
+            await asyncio.sleep(2)  # the scenario itself: no frame for twice the retention time
+            rest = await read(client, b.base + QUERY, headers={**AUTH, "last-event-id": first.last_id})
+    assert rest.status == 200
+    assert_seamless(first, rest)
+    assert rest.text() == upstream_text(20)
+    assert len(upstream.records_for(model)) == 1

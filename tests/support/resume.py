@@ -42,11 +42,13 @@ def resume_config(
     retry_ms: int = 3000,
     auth: bool = True,
     flush_ms: int = 20,
+    first_ms: int = 0,
+    ping_seconds: float = 15,
 ) -> tuple[Path, str]:
     """A config whose model `story` is a fresh upstream model (counted on its own by the fake upstream); returns
     the file and that upstream model's name."""
     tag = uuid.uuid4().hex[:8]
-    upstream_model = f"gen?n={n}&gap_ms={gap_ms}&tag={tag}"
+    upstream_model = f"gen?n={n}&gap_ms={gap_ms}&first_ms={first_ms}&tag={tag}"
     keys = ""
     if auth:
         digests = [hashlib.sha256(k.encode()).hexdigest() for k in (KEY, OTHER_KEY)]
@@ -62,7 +64,8 @@ def resume_config(
         f"models:\n  story: {{provider: fake, model: '{upstream_model}'}}\n"
         f"{keys}"
         f"limits: {{requests_per_minute: 0, concurrent_streams: 0, lease_ttl_seconds: {ttl}}}\n"
-        f"stream:\n  retry_ms: {retry_ms}\n  resume: {{grace_seconds: {grace}, retention_seconds: {retention}, "
+        f"stream:\n  retry_ms: {retry_ms}\n  ping_interval_seconds: {ping_seconds}\n"
+        f"  resume: {{grace_seconds: {grace}, retention_seconds: {retention}, "
         f"max_bytes: {max_bytes}, flush_interval_ms: {flush_ms}}}\n"
         f"{state}"
     )
