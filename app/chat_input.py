@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from app.errors import InvalidRequest
 from app.json_body import json_object, validated
@@ -38,7 +38,7 @@ class ChatInput(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
     # POST: the stream outlives its connection (for the grace period) and can be resumed with Last-Event-ID.
-    resumable: bool = False
+    resumable: StrictBool = False
 
     @model_validator(mode="after")
     def _one_source_of_messages(self) -> ChatInput:

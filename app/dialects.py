@@ -44,7 +44,8 @@ class Dialect(enum.StrEnum):
 
 
 def openai_error(frame: ErrorFrame) -> dict[str, dict[str, object]]:
-    """An error as OpenAI's API words it (openai-python raises it as `APIError`, with its `code`)."""
+    """An error as OpenAI's API words it (openai-python raises it as `APIError`, with its `code`), and whether
+    the same request may succeed if tried again (OpenAI's own errors do not say; tokenrelay's frames do)."""
     return {
         "error": {
             "message": frame.message,
@@ -52,5 +53,6 @@ def openai_error(frame: ErrorFrame) -> dict[str, dict[str, object]]:
             "param": None,
             "code": frame.code,
             "request_id": frame.request_id,
+            "retryable": frame.retryable,
         }
     }

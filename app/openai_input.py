@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from app.errors import InvalidRequest
 from app.json_body import json_object, validated
@@ -78,7 +78,7 @@ class ChatCompletionInput(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     # tokenrelay's own: the stream goes on after its client leaves, and its chunks carry ids to resume from.
-    resumable: bool = False
+    resumable: StrictBool = False
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionInput:

@@ -55,7 +55,11 @@ class SeveringRelay:
             pair.server.transport.abort()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            writer.transport.abort()  # the server is down (restarting): the client sees a reset, as it would
+            return
         pair = _Pair(writer, server_writer)
         self._pairs.add(pair)
         try:

@@ -208,13 +208,13 @@ ERROR = ErrorFrame(code="stream_lost", message="gone\nbad", retryable=True, requ
             Dialect.OPENAI,
             "s.4",
             b'id: s.4\ndata: {"error":{"message":"gone\\nbad","type":"api_error","param":null,'
-            b'"code":"stream_lost","request_id":"r"}}\n\n',
+            b'"code":"stream_lost","request_id":"r","retryable":true}}\n\n',
         ),
         (
             Dialect.OPENAI,
             None,
             b'data: {"error":{"message":"gone\\nbad","type":"api_error","param":null,"code":"stream_lost",'
-            b'"request_id":"r"}}\n\n',
+            b'"request_id":"r","retryable":true}}\n\n',
         ),
     ],
 )
