@@ -80,4 +80,5 @@ def parse_query(params: Mapping[str, str]) -> ChatInput:
                 field=name,
                 status=400,
             )
-    return validated(ChatInput, dict(params))
+    # A GET stream is resumable whatever the URL says (EventSource reconnects by itself): the flag is for bodies.
+    return validated(ChatInput, {k: v for k, v in params.items() if k != "resumable"})

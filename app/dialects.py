@@ -15,7 +15,7 @@ import msgspec
 
 from app.errors import error_type
 from app.frames import ErrorFrame
-from app.sse import encode_json_data, encode_json_event, encode_json_event_without_id
+from app.sse import PING, PING_LINE, encode_json_data, encode_json_event, encode_json_event_without_id
 
 
 class Dialect(enum.StrEnum):
@@ -27,6 +27,11 @@ class Dialect(enum.StrEnum):
         if self is Dialect.CHAT:
             return msgspec.json.encode(frame)
         return msgspec.json.encode(openai_error(frame))
+
+    @property
+    def keepalive(self) -> bytes:
+        """What a watcher sends in a silence: an OpenAI client must never see a blank line on its own."""
+        return PING if self is Dialect.CHAT else PING_LINE
 
     @property
     def error_fields(self) -> bytes:

@@ -16,7 +16,7 @@ import msgspec
 from app.dialects import openai_error
 from app.errors import UpstreamError
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
-from app.sse import PING, encode_data_events, encode_json_data, number_events
+from app.sse import PING, PING_LINE, encode_data_events, encode_json_data, number_events
 from app.sse_transport import SSE_HEADERS
 from providers.base import Delta
 
@@ -33,8 +33,8 @@ def _data(payload: Any) -> bytes:
 
 class OpenAIChunkEncoder:
     headers = SSE_HEADERS
-    # A comment line: openai-python's decoder skips it, and with no id/event/retry fields ever sent on this
-    # route the blank line after it dispatches nothing either.
+    # A comment line: openai-python's decoder skips it, and with no id/event/retry fields sent (an unresumable
+    # stream) the blank line after it dispatches nothing either; a resumable stream's ids make it a comment alone.
     keepalive = PING
     buffered = False
 
@@ -44,6 +44,8 @@ class OpenAIChunkEncoder:
         self._id = f"chatcmpl-{stream_id}"
         # Resumable: each event carries `id: <stream>.<seq>` as `/chat/stream` frames do, for `Last-Event-ID`.
         self._stream_id = stream_id if resumable else None
+        if resumable:
+            self.keepalive = PING_LINE  # ids are sent: a blank line alone would be an empty event
         self._seq = 0
         self._model = public_model
         self._created = created

@@ -29,7 +29,7 @@ from app.frames import ErrorFrame
 from app.keepalive import KeepAlive
 from app.resume import ResumePoint, resume_head
 from app.shutdown import ShutdownDrain
-from app.sse import PING, encode_retry
+from app.sse import encode_retry
 from app.streams import SHUTDOWN_RETRY_MS
 from app.watcher import cancel_on_disconnect, idless_error
 
@@ -116,7 +116,7 @@ class RemoteWatcher:
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         left = asyncio.Event()
         disconnect = loop.create_task(cancel_on_disconnect(receive, task, left))
-        keepalive = KeepAlive(loop, send, self._ping_interval, PING)
+        keepalive = KeepAlive(loop, send, self._ping_interval, self._dialect.keepalive)
         self._drain.track(self)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": resume_head(self._point.stream_id)})
@@ -230,8 +230,9 @@ async def _hand_on(send: Send, dialect: Dialect) -> None:
     """End the response with a short, jittered `retry:` and no terminal frame: EventSource reconnects at once, and
     the load balancer sends it to a replica that is not going away. An OpenAI client has no EventSource to do
     that: it is told why its stream stopped, in an error it can resume after."""
-    retry = random.randint(*SHUTDOWN_RETRY_MS)  # noqa: S311 - jitter, not a secret
-    body = encode_retry(retry)
     if dialect is Dialect.OPENAI:
-        body += idless_error(dialect, "server_shutdown", HANDED_ON, "")
+        # No `retry:` block: with no data it would reach an OpenAI parser as an empty event.
+        body = idless_error(dialect, "server_shutdown", HANDED_ON, "")
+    else:
+        body = encode_retry(random.randint(*SHUTDOWN_RETRY_MS))  # noqa: S311 - jitter, not a secret
     await send({"type": "http.response.body", "body": body, "more_body": False})

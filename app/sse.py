@@ -77,3 +77,6 @@ def encode_retry(ms: int) -> bytes:
 
 
 PING = encode_comment("ping")
+# A comment line alone, with no blank line after it: what keeps a stream whose events carry ids alive for a parser
+# that dispatches a blank line as an empty event once it has seen an id (openai-python then fails on its JSON).
+PING_LINE = b": ping\n"

@@ -20,7 +20,6 @@ from app.frame_log import FrameLog, LogTruncated
 from app.frames import ErrorFrame
 from app.keepalive import KeepAlive
 from app.resumable import ResumableStream
-from app.sse import PING
 
 logger = logging.getLogger("tokenrelay.watcher")
 
@@ -54,7 +53,7 @@ class StreamWatcher:
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         left = asyncio.Event()
         disconnect = loop.create_task(cancel_on_disconnect(receive, task, left))
-        keepalive = KeepAlive(loop, send, self._ping_interval, PING)
+        keepalive = KeepAlive(loop, send, self._ping_interval, self._stream.log.dialect.keepalive)
         self._stream.attach()
         try:
             await self._follow(send, keepalive)

@@ -25,6 +25,7 @@ MODELS = (
     "reasoning",
     "error_chunk",
     "gen?n=3&first_ms=600",
+    "gen?n=3&gap_ms=200",
     "status?code=429&retry_after=3",
 )
 
@@ -212,3 +213,13 @@ async def test_a_resumable_stream_ends_in_an_api_error_as_an_unresumable_one_doe
     with pytest.raises(openai.APIError, match="Sorry about that"):
         await consume()
     assert "".join(received) == "Partial answer"
+
+
+async def test_keep_alives_between_a_resumable_streams_events_do_not_disturb_the_sdk(client: AsyncOpenAI) -> None:
+    """Keep-alives every 50 ms in 200 ms silences after events with ids: a blank line alone would reach the SDK
+    as an empty event (it keeps the last id) and fail its JSON parse."""
+    stream = await client.chat.completions.create(
+        model="gen?n=3&gap_ms=200", messages=USER, stream=True, extra_body={"resumable": True}
+    )
+    text = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    assert "".join(text) == " t0 t1 t2"
