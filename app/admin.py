@@ -109,11 +109,9 @@ class AdminService:
             if raw is None:
                 # Another replica's stream may be younger than its record, which its replica writes within
                 # `ANNOUNCE_SECONDS`: a Stop pressed at once after the start still finds it.
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 3 * ANNOUNCE_SECONDS
-                while raw is None and loop.time() < deadline:
-                    await asyncio.sleep(STOP_POLL_SECONDS)
-                    raw = await self._backend.stream(stream_id)
+                # One look more, not a poll: an unknown or finished stream costs one read of the store more.
+                await asyncio.sleep(2 * ANNOUNCE_SECONDS)
+                raw = await self._backend.stream(stream_id)
         except BackendUnavailable as exc:
             raise LimitsUnavailable("the stream registry is unavailable; try again shortly", retry_after=1) from exc
         if raw is None:

@@ -284,16 +284,19 @@ class Limiter:
             await self._opened.wait()
             await asyncio.sleep(ANNOUNCE_SECONDS)
             self._opened.clear()
-            records = registry.fresh_records()
-            if not records:
-                continue
+            records: list[tuple[str, bytes]] = []
             try:
-                await self._backend.assert_leases((), self._settings.lease_ttl_seconds, records)
-                # A stream that ended while its record was on its way: take the record out again.
-                if gone := [stream_id for stream_id, _ in records if not registry.local(stream_id)]:
-                    await self._backend.release_all(set(), gone)
+                records = registry.fresh_records()
+                if records:
+                    await self._backend.assert_leases((), self._settings.lease_ttl_seconds, records)
             except Exception as exc:
                 logger.warning("could not write new streams' records (the heartbeat will): %s", exc)
+            finally:
+                # A stream that ended while its record was on its way (even one whose write timed out but went
+                # in): take the record out again.
+                if gone := [stream_id for stream_id, _ in records if not registry.local(stream_id)]:
+                    with contextlib.suppress(Exception):
+                        await self._backend.release_all(set(), gone)
 
     async def beat(self) -> None:
         """Assert again every lease this process holds, in one round trip (which also puts back leases a

@@ -85,8 +85,6 @@ class LogFlusher:
     async def flush(self) -> None:
         now = time.monotonic()
         renew = now >= self._renew_at
-        if renew:
-            self._renew_at = now + self._renew_every
         pending = self._logs.unflushed(running=renew)
         refused, self._refused = self._refused, []
         if pending or refused:
@@ -102,3 +100,5 @@ class LogFlusher:
                         log.stored.set_result(None)
                 raise
             self.pipelines += wrote
+        if renew:
+            self._renew_at = now + self._renew_every  # only once the renewal went in: else the next flush tries

@@ -106,10 +106,13 @@ class LogMeta:
 class _Written:
     __slots__ = ("expires_at", "first_seq", "log_created")
 
-    def __init__(self) -> None:
-        self.log_created = False  # the Redis Stream exists (its first XADD went out): its TTL must be set now
-        self.first_seq = 0  # the oldest seq the Redis copy still holds
-        self.expires_at = 0.0  # when the keys' TTL was last set, plus half the retention time
+    def __init__(self, log_created: bool = False, first_seq: int = 0, expires_at: float = 0.0) -> None:
+        self.log_created = log_created  # the Redis Stream exists (its first XADD went in): its TTL is set
+        self.first_seq = first_seq  # the oldest seq the Redis copy still holds
+        self.expires_at = expires_at  # when the keys' TTL was last set, plus half the retention time
+
+    def copy(self) -> _Written:
+        return _Written(self.log_created, self.first_seq, self.expires_at)
 
 
 class RedisLogStore:
@@ -156,13 +159,17 @@ class RedisLogStore:
         (the next flush retries). False if there was nothing to write."""
         commands: list[Command] = []
         ends: list[tuple[FrameLog, int]] = []
+        # What Redis will hold once the pipeline succeeds: kept only then, or a failed flush would pass for a
+        # TTL set (and a silent log's keys would expire before the next renewal).
+        states: dict[str, _Written] = {}
         now = time.monotonic()
         for log in refused:
             commands.append(("DEL", self._key(log.stream_id, "meta"), self._key(log.stream_id, "live")))
             self._written.pop(log.stream_id, None)
         for log in logs:
             ends.append((log, log.end))
-            commands += self._commands(log, now)
+            state = states[log.stream_id] = self._written.get(log.stream_id, _Written()).copy()
+            commands += self._commands(log, state, now)
         if not commands:
             return False
         try:
@@ -174,6 +181,7 @@ class RedisLogStore:
             # dead); the log keeps that ending.
             if isinstance(reply, ResponseError) and "equal or smaller" not in str(reply):
                 raise BackendUnavailable(f"could not write stream logs: {reply}")
+        self._written.update(states)
         for log, end in ends:
             log.announced = True
             log.flushed = end
@@ -183,12 +191,12 @@ class RedisLogStore:
                     log.stored.set_result(None)
         return True
 
-    def _commands(self, log: FrameLog, now: float) -> list[Command]:
-        """What the flush sends for one log: its announcement, its new entries in one XADD, a trim, TTLs."""
+    def _commands(self, log: FrameLog, written: _Written, now: float) -> list[Command]:
+        """What the flush sends for one log: its announcement, its new entries in one XADD, a trim, TTLs; and
+        `written` as it will be once they are in."""
         commands: list[Command] = []
         stream_id = log.stream_id
         key = self._key(stream_id, "log")
-        written = self._written.setdefault(stream_id, _Written())
         if not log.announced:
             meta = ("o", log.owner, "r", log.request_id, "d", log.dialect.value)
             commands.append(("HSET", self._key(stream_id, "meta"), *meta))
@@ -226,7 +234,10 @@ class RedisLogStore:
         if not fields or b"o" not in fields:
             return None
         # A log announced by a replica of a release before OpenAI streams were resumable has no `d`.
-        dialect = Dialect(fields.get(b"d", b"chat").decode())
+        try:
+            dialect = Dialect(fields.get(b"d", b"chat").decode())
+        except ValueError:  # written by a later release, with a format this one does not know
+            dialect = Dialect.CHAT
         return LogMeta(owner=fields[b"o"].decode(), request_id=fields.get(b"r", b"").decode(), dialect=dialect)
 
     async def entries(self, stream_id: str, after: int) -> list[LogEntry]:
