@@ -169,17 +169,8 @@ async def measure(
     await throughput(targets, rounds, "paced", PACED, concurrency=100, out=out)
     await no_stall(targets, (250, 500, 1000) if quick else (250, 500, 1000, 1500, 2000, 3000), out)
     await redis_commands(by_name["v1-redis"], redis_url, admin_key, out)
-    await resume_cost(
-        by_name["chat"],
-        by_name["chat-resume"],
-        by_name["chat-resume-redis"],
-        redis_url=redis_url,
-        admin_key=admin_key,
-        rounds=rounds,
-        out=out,
-    )
+    await _resume_cost(by_name, redis_url, admin_key, rounds, out)
     judge(out, open_count)
-    judge_resume(out)
     return out
 
 
@@ -191,17 +182,21 @@ async def measure_resume(
     for name in ("chat", "chat-resume", "chat-resume-redis"):
         await run_concurrent(by_name[name], TTFT[0], TTFT[1], 8, 2)
         await run_concurrent(by_name[name], BURST[0], BURST[1], 64, 1)
+    await _resume_cost(by_name, redis_url, admin_key, 2 if quick else 3, out)
+    return out
+
+
+async def _resume_cost(by_name: dict[str, Target], redis_url: str, admin_key: str, rounds: int, out: Figures) -> None:
     await resume_cost(
         by_name["chat"],
         by_name["chat-resume"],
         by_name["chat-resume-redis"],
         redis_url=redis_url,
         admin_key=admin_key,
-        rounds=2 if quick else 3,
+        rounds=rounds,
         out=out,
     )
     judge_resume(out)
-    return out
 
 
 async def measure_workers(targets: list[Target], count: int, workers: int) -> Figures:
