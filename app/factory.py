@@ -38,8 +38,8 @@ from app.settings import AuthSettings, Settings, load_settings
 from app.shutdown import ShutdownDrain
 from middleware.access import AccessPolicyMiddleware
 from middleware.auth import Authenticator
-from middleware.correlation import CorrelationIdMiddleware
-from middleware.security_headers import SecurityHeadersMiddleware, security_headers
+from middleware.edge import EdgeMiddleware
+from middleware.security_headers import SecurityHeaders
 from providers.registry import ProviderRegistry
 
 EXPOSED_HEADERS = (
@@ -160,14 +160,13 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,
     )
     # Litestar runs its middleware only on matched routes; wrapping the handler covers 404 and 405 too.
-    headers = security_headers(settings.security.headers)
     access = AccessPolicyMiddleware(
         app.asgi_handler,
         loopback_only=not settings.auth.keys and not settings.auth.open,
         allowed_origins=settings.security.cors.allow_origins,
         trusted_proxies=settings.limits.trusted_proxies,
     )
-    app.asgi_handler = CorrelationIdMiddleware(SecurityHeadersMiddleware(access, headers))
+    app.asgi_handler = EdgeMiddleware(access, SecurityHeaders.from_settings(settings.security.headers))
     return app
 
 

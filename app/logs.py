@@ -25,17 +25,6 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class WithoutQueryString(logging.Filter):
-    """uvicorn's access log writes the path with its query string, which holds EventSource prompts and whatever a
-    user pasted into a URL: keep the path only."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
-            record.args = (args[0], args[1], args[2].partition("?")[0], args[3], args[4])
-        return True
-
-
 class RedactingFormatter(logging.Formatter):
     """The last line of defence: no configured secret or credential-shaped text is written, tracebacks included.
     It runs in the writer thread, off the event loop."""
@@ -131,6 +120,3 @@ def configure_logging(redactor: Redactor, level: str = "INFO") -> None:
             previous.close()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, WithoutQueryString) for f in access.filters):
-        access.addFilter(WithoutQueryString())

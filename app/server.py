@@ -119,6 +119,9 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> ServerConfi
         "loop": "uvloop",
         "http": GuardedHttpToolsProtocol,
         "log_config": None,
+        # The edge (middleware/edge.py) writes each request's access line once its response is over; uvicorn's
+        # own would be written as the response starts, which for a stream is its first token.
+        "access_log": False,
         "backlog": server.backlog,
         "timeout_keep_alive": server.keepalive_seconds,
         # tokenrelay's own drain (app/shutdown.py) has ended every stream before uvicorn hears the signal: what

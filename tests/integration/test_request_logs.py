@@ -85,3 +85,34 @@ async def test_the_stream_end_line_says_who_what_usage_and_time_to_first_token(l
     assert re.search(r"prompt_tokens=\d+ completion_tokens=\d+", line), line
     assert re.search(r"ttft_ms=\d+\.\d", line), line
     assert key not in "\n".join(lines)
+
+
+async def test_each_request_has_one_access_line_once_its_response_is_over_without_its_query_string(
+    logs: RecordCollector,
+) -> None:
+    settings = Settings.model_validate(
+        {
+            "providers": {"echo": {"type": "echo", "tokens_per_second": 0, "first_token_delay_ms": 0}},
+            "models": {"echo": {"provider": "echo", "model": "echo"}},
+        }
+    )
+    with running_proxy(settings) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            streamed = await client.get(
+                f"{base}/chat/stream",
+                params={"prompt": "my private prompt"},
+                headers={"X-Request-ID": "trace-access-1"},
+            )
+            missing = await client.get(f"{base}/nowhere?token=abc", headers={"X-Request-ID": "trace-access-2"})
+        messages = await logs.wait_for(lambda seen: sum('HTTP/1.1" ' in m for m in seen) >= 2)
+    assert streamed.status_code == 200
+    assert missing.status_code == 404
+    access = [m for m in messages if 'HTTP/1.1" ' in m]
+    streamed_lines = [m for m in access if "/chat/stream" in m]
+    assert len(streamed_lines) == 1, access
+    assert re.fullmatch(r'127\.0\.0\.1 - "GET /chat/stream HTTP/1\.1" 200 \d+\.\d ms', streamed_lines[0]), access
+    stream_end = next(i for i, m in enumerate(messages) if m.startswith("stream end") and "trace-access-1" in m)
+    assert messages.index(streamed_lines[0]) > stream_end  # written once the response is over
+    assert any(re.fullmatch(r'127\.0\.0\.1 - "GET /nowhere HTTP/1\.1" 404 \d+\.\d ms', m) for m in messages)
+    assert "private" not in "\n".join(messages)
+    assert "abc" not in "\n".join(messages)

@@ -1,4 +1,4 @@
-"""The security-header middleware adds what a response lacks and never overwrites what it set itself."""
+"""The edge adds the security headers what a response lacks and never overwrites what it set itself."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from app.settings import SecurityHeaderSettings
-from middleware.security_headers import SecurityHeadersMiddleware, security_headers
+from middleware.edge import EdgeMiddleware
+from middleware.security_headers import SecurityHeaders
 
 pytestmark = pytest.mark.anyio
 
@@ -25,8 +26,9 @@ async def headers_sent(own: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
     async def receive() -> Any:
         return {"type": "http.request", "body": b""}
 
-    middleware = SecurityHeadersMiddleware(page, security_headers(SecurityHeaderSettings()))
-    await middleware({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)  # type: ignore[arg-type]
+    middleware = EdgeMiddleware(page, SecurityHeaders.from_settings(SecurityHeaderSettings()))
+    scope = {"type": "http", "method": "GET", "path": "/", "http_version": "1.1", "headers": []}
+    await middleware(scope, receive, send)  # type: ignore[arg-type]
     headers: list[tuple[bytes, bytes]] = sent[0]["headers"]
     return headers
 
@@ -45,4 +47,4 @@ async def test_a_header_the_response_set_itself_is_kept() -> None:
 
 async def test_every_configured_header_is_added_to_a_response_without_them() -> None:
     names = {name for name, _ in await headers_sent([])}
-    assert names == {name for name, _ in security_headers(SecurityHeaderSettings())}
+    assert names == SecurityHeaders.from_settings(SecurityHeaderSettings()).names | {b"x-request-id"}

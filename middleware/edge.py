@@ -1,0 +1,67 @@
+"""The edge: the one pure-ASGI layer around the whole application, routed or not (Litestar's own middleware runs
+only on matched routes, so it would miss 404 and 405).
+
+For each HTTP request it
+- adopts a valid `X-Request-ID` / `X-Correlation-ID` or makes one (`middleware.correlation`), and echoes it;
+- adds the security headers a response lacks (`middleware.security_headers`);
+- writes the request's access line once the response is over: method, path (never the query string, where
+  EventSource prompts live), status and duration.
+
+One layer for the three, not one each: every body chunk of every stream passes through each layer's `send`. The
+access line is written at the end, not when the response starts as uvicorn's is, because for a stream the start
+goes out with the first token, and a log record there is time to first token. It touches nothing but
+`http.response.start`, so `receive` and disconnects pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.request_context import REQUEST_ID, set_request_id
+from middleware.correlation import incoming_request_id
+from middleware.security_headers import SecurityHeaders
+
+access_logger = logging.getLogger("tokenrelay.access")
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, security_headers: SecurityHeaders) -> None:
+        self._app = app
+        self._security = security_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self._app(scope, receive, send)
+            return
+        started = time.monotonic()
+        request_id = incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        set_request_id(scope, request_id)
+        own_id = (b"x-request-id", request_id.encode())
+        security = self._security
+        status = 0
+
+        async def send_at_edge(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = security.added_to(message.get("headers", ()))
+                headers.append(own_id)
+                message["headers"] = headers
+            await send(message)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            await self._app(scope, receive, send_at_edge)
+        finally:
+            client = scope.get("client")
+            access_logger.info(
+                '%s - "%s %s HTTP/%s" %s %.1f ms',
+                client[0] if client else "-", scope["method"], scope["path"], scope["http_version"],
+                status or "-", (time.monotonic() - started) * 1000,
+            )  # fmt: skip
+            REQUEST_ID.reset(token)
