@@ -70,6 +70,9 @@ class _Response:
                     return
                 yield chunk
 
+    def end(self) -> None:
+        """Nothing to do: the library closes the connection of a response left unread."""
+
     async def read(self, limit: int) -> bytes:
         with _translated():
             return await self._response.content.read(limit)

@@ -196,7 +196,10 @@ async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGe
     message = _MessageStream(errors)
     async for raw in response.chunks():
         for event in decoder.feed(raw):
-            for delta in message.feed(event.event, event.data):
+            deltas = message.feed(event.event, event.data)
+            if message.stopped:
+                response.end()  # before the last deltas: the relay may close this generator once it has them
+            for delta in deltas:
                 yield delta
             if message.stopped:
                 return

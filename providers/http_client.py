@@ -56,6 +56,11 @@ class UpstreamResponse(Protocol):
         """At most `limit` bytes of the body (for error responses)."""
         ...
 
+    def end(self) -> None:
+        """The stream's own end marker came (`[DONE]`, `message_stop`): all that may still arrive is the body's
+        framing, so the connection may go back to the pool once that arrives, instead of being closed."""
+        ...
+
 
 class HttpClient(Protocol):
     async def open(self) -> None:

@@ -60,9 +60,11 @@ class _Origin:
 
 
 class HttptoolsClient:
-    def __init__(self, *, max_connections: int, keepalive_expiry: float = 15.0) -> None:
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 15.0, framing_seconds: float = 1.0) -> None:
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
+        # How long a connection waits, after its stream's end marker, for the rest of the body to be reusable.
+        self._framing_seconds = framing_seconds
         self._tls = ssl.create_default_context()
         self._origins: dict[str, _Origin] = {}
         self._idle: dict[tuple[str, int], deque[Connection]] = {}
@@ -94,16 +96,18 @@ class HttptoolsClient:
         except TimeoutError:
             raise UpstreamTimeout("no free upstream connection within the pool timeout") from None
         connection: Connection | None = None
+        response: Response | None = None
         try:
             try:
                 connection = await self._send(origin, request, timeouts)
             except (OSError, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
                 mapped = translate(exc)
                 raise (mapped or UpstreamUnavailable(str(exc))) from exc
-            yield Response(connection, timeouts.read)
+            response = Response(connection, timeouts.read)
+            yield response
         finally:
             if connection is not None:
-                self._release(origin, connection)
+                self._release(origin, connection, ended=response is not None and response.ended)
             self._slots.release()
 
     async def _send(self, origin: _Origin, request: bytes, timeouts: UpstreamTimeouts) -> Connection:
@@ -163,16 +167,33 @@ class HttptoolsClient:
         self._open.add(connection)
         return connection
 
-    def _release(self, origin: _Origin, connection: Connection) -> None:
+    def _release(self, origin: _Origin, connection: Connection, *, ended: bool = False) -> None:
         if connection.reusable():
-            connection.listen()  # reading, so that a close by the server while idle is noticed
-            self._idle.setdefault(connection.pool_key, deque()).append(connection)
+            self._keep(connection)
+        elif ended and connection.may_be_reused():
+            # The stream ended (`[DONE]`) before its body did: upstreams write the terminating chunk apart, a
+            # moment later. Kept if it comes soon; closed, it would cost the next request a new connection (and
+            # a TLS handshake).
             loop = asyncio.get_running_loop()
-            connection.expiry = loop.call_later(self._keepalive_expiry, self._expire, connection)
+            connection.expiry = loop.call_later(self._framing_seconds, self._expire, connection)
+            connection.when_complete(self._keep)
         else:
             # An unfinished response cannot be reused: closing it is how the upstream learns we left.
             connection.close()
             self._open.discard(connection)
+
+    def _keep(self, connection: Connection) -> None:
+        if connection.expiry is not None:
+            connection.expiry.cancel()
+            connection.expiry = None
+        if not connection.reusable():  # completed with a body after the end, or closed meanwhile
+            self._forget(connection)
+            connection.close()
+            return
+        connection.listen()  # reading, so that a close by the server while idle is noticed
+        self._idle.setdefault(connection.pool_key, deque()).append(connection)
+        loop = asyncio.get_running_loop()
+        connection.expiry = loop.call_later(self._keepalive_expiry, self._expire, connection)
 
     def _expire(self, connection: Connection) -> None:
         connection.expiry = None

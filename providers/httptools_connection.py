@@ -31,6 +31,7 @@ class Connection(asyncio.Protocol):
         "_on_lost",
         "_parser",
         "_paused",
+        "_then",
         "_wait_started",
         "_waiter",
         "_watchdog",
@@ -67,6 +68,7 @@ class Connection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._then: Callable[[Connection], None] | None = None  # what to do once the response completes
         self._error: BaseException | None = None
         self._body_framed = False
 
@@ -111,6 +113,8 @@ class Connection(asyncio.Protocol):
             self._headers_seen.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._then is not None:
+            return  # the reader has ended the stream: what remains is the body's framing
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -121,6 +125,10 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.complete = True
         self._wake()
+        then = self._then
+        if then is not None:
+            self._then = None
+            then(self)
 
     # the request's side
 
@@ -198,6 +206,21 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and not self._chunks
 
+    def may_be_reused(self) -> bool:
+        """Whether the connection can be reused once its response completes (its body unread or not)."""
+        return self.keep_alive and not self.closed and self._error is None
+
+    def when_complete(self, then: Callable[[Connection], None]) -> None:
+        """Call `then` now if the response is complete, else once it completes; the reader is done, so any body
+        that is left or still arrives is dropped."""
+        self._chunks.clear()
+        self._buffered = 0
+        if self.complete:
+            then(self)
+            return
+        self._then = then
+        self.listen()
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -205,11 +228,12 @@ class Connection(asyncio.Protocol):
 
 
 class Response:
-    __slots__ = ("_connection", "_read_timeout")
+    __slots__ = ("_connection", "_read_timeout", "ended")
 
     def __init__(self, connection: Connection, read_timeout: float) -> None:
         self._connection = connection
         self._read_timeout = read_timeout
+        self.ended = False
 
     @property
     def status(self) -> int:
@@ -230,6 +254,9 @@ class Response:
             if not chunk:
                 return
             yield chunk
+
+    def end(self) -> None:
+        self.ended = True
 
     async def read(self, limit: int) -> bytes:
         body = b""

@@ -66,6 +66,9 @@ class _Response:
             async for chunk in self._response.aiter_raw():
                 yield chunk
 
+    def end(self) -> None:
+        """Nothing to do: the library closes the connection of a response left unread."""
+
     async def read(self, limit: int) -> bytes:
         body = b""
         with _translated():

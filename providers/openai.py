@@ -140,6 +140,8 @@ async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGe
     finished = False
     async for raw in response.chunks():
         pending, failure, done = _read(decoder.feed(raw), errors)
+        if done:
+            response.end()  # before the last deltas: the relay may close this generator once it has them
         for delta in pending:
             finished = finished or delta.finish_reason is not None
             yield delta

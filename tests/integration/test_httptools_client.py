@@ -243,3 +243,78 @@ async def test_a_reused_connection_keeps_its_own_shorter_read_timeout(client: Ht
     assert asyncio.get_running_loop().time() - started < 2.0
     assert requests == 2, "the second request did not reuse the connection"
     server.close()
+
+
+def stream_ended_apart(release: asyncio.Event, connections: list[int]) -> Handler:
+    """Answers each request with one event and `[DONE]`, and writes the terminating chunk only once `release` is
+    set, as upstreams do a moment after `[DONE]`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"Content-"))
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+                event = b"data: a\n\ndata: [DONE]\n\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                await release.wait()
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+
+    return handler
+
+
+async def read_to_done(client: HttptoolsClient, url: str, *, end: bool = True) -> bytes:
+    async with client.post(url, headers={}, body=BODY, timeouts=TIMEOUTS) as response:
+        body = b""
+        async for chunk in response.chunks():
+            body += chunk
+            if body.endswith(b"[DONE]\n\n"):
+                if end:
+                    response.end()
+                break
+        return body
+
+
+async def test_a_stream_that_ended_before_its_terminating_chunk_keeps_its_connection(
+    client: HttptoolsClient,
+) -> None:
+    release, connections = asyncio.Event(), list[int]()
+    server, url = await serve(stream_ended_apart(release, connections))
+    assert await read_to_done(client, url) == b"data: a\n\ndata: [DONE]\n\n"
+    assert client.idle_connections == 0  # not pooled yet: the body is not over
+    release.set()
+    await until(lambda: client.idle_connections == 1)
+    assert await read_to_done(client, url) == b"data: a\n\ndata: [DONE]\n\n"
+    assert len(connections) == 1  # the second request went on the first one's connection
+    server.close()
+
+
+async def test_a_response_left_before_its_end_marker_still_closes_its_connection(client: HttptoolsClient) -> None:
+    release, connections = asyncio.Event(), list[int]()
+    server, url = await serve(stream_ended_apart(release, connections))
+    await read_to_done(client, url, end=False)  # as a relay whose client left
+    assert client.open_connections == 0  # closed at once: that is how the upstream learns of it
+    release.set()
+    await read_to_done(client, url)
+    assert len(connections) == 2
+    server.close()
+
+
+async def test_a_terminating_chunk_that_never_comes_closes_the_connection() -> None:
+    http = HttptoolsClient(max_connections=8, framing_seconds=0.05)
+    await http.open()
+    release, connections = asyncio.Event(), list[int]()
+    server, url = await serve(stream_ended_apart(release, connections))
+    await read_to_done(http, url)
+    assert http.open_connections == 1
+    await until(lambda: http.open_connections == 0)
+    assert http.idle_connections == 0
+    release.set()
+    server.close()
+    await http.aclose()
