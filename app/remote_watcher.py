@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from app.backends.base import BackendUnavailable
 from app.backends.redis_log import BLOCK_MS, LogEntry, Lost, RedisLogStore
 from app.dialects import Dialect
+from app.disconnect import DisconnectWatch
 from app.errors import StoreUnavailable, StreamNotFound, StreamTruncated
 from app.frame_log import FRAME_END
 from app.frames import ErrorFrame
@@ -31,7 +32,7 @@ from app.resume import ResumePoint, resume_head
 from app.shutdown import ShutdownDrain
 from app.sse import encode_retry
 from app.streams import SHUTDOWN_RETRY_MS
-from app.watcher import cancel_on_disconnect, idless_error
+from app.watcher import idless_error
 
 logger = logging.getLogger("tokenrelay.resume")
 
@@ -114,8 +115,14 @@ class RemoteWatcher:
         loop = asyncio.get_running_loop()
         task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
-        left = asyncio.Event()
-        disconnect = loop.create_task(cancel_on_disconnect(receive, task, left))
+        left = False
+
+        def gone() -> None:
+            nonlocal left
+            left = True
+            task.cancel()
+
+        disconnect = DisconnectWatch(scope, receive, gone)
         keepalive = KeepAlive(loop, send, self._ping_interval, self._dialect.keepalive)
         self._drain.track(self)
         try:
@@ -128,16 +135,16 @@ class RemoteWatcher:
             keepalive.start()
             await self._follow(send, keepalive)
         except asyncio.CancelledError:
-            if not (left.is_set() or self._stopping):
+            if not (left or self._stopping):
                 raise
             task.uncancel()
-            if self._stopping and not left.is_set():
+            if self._stopping and not left:
                 with contextlib.suppress(Exception):
                     await _hand_on(send, self._dialect)
         finally:
             self._drain.untrack(self)
             keepalive.stop()
-            disconnect.cancel()
+            disconnect.close()
 
     def stop_for_shutdown(self) -> None:
         if self._task is not None and not self._stopping:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import resource
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
+from app.disconnect import NOTIFY_DISCONNECT
 from app.factory import create_server_app
 from app.settings import Settings
 
@@ -45,9 +47,12 @@ class ServerConfig(uvicorn.Config):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a deadline for each request's headers and a connection budget."""
+    """uvicorn's httptools protocol, with a deadline for each request's headers and a connection budget, and the
+    connection's loss told to the app through a callback (`app/disconnect.py`)."""
 
     _header_deadline: asyncio.TimerHandle | None = None
+    _on_lost: Callable[[], None] | None = None
+    _lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -66,6 +71,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._idle(False)
         super().on_headers_complete()
+        self.scope[NOTIFY_DISCONNECT] = self._notify_disconnect  # type: ignore[literal-required]
+
+    def _notify_disconnect(self, on_lost: Callable[[], None] | None) -> None:
+        if on_lost is not None and self._lost:
+            self.loop.call_soon(on_lost)
+            return
+        self._on_lost = on_lost
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -75,7 +87,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._idle(False)
+        self._lost = True
         super().connection_lost(exc)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     def _idle(self, idle: bool) -> None:
         waiting: dict[GuardedHttpToolsProtocol, None] | None = getattr(self.config, "between_requests", None)

@@ -23,10 +23,11 @@ import random
 import secrets
 import time
 from collections.abc import AsyncGenerator
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing
 
 from litestar.types import Receive, Scope, Send
 
+from app.disconnect import DisconnectWatch
 from app.errors import InternalError, ProxyError, StreamCancelled, UpstreamError, error_body
 from app.frame_log import FrameLog
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
@@ -46,7 +47,7 @@ from app.registry import (
 from app.shutdown import FINAL_WRITE_SECONDS, ShutdownDrain, shutdown_error
 from app.stream_encoder import StreamEncoder
 from app.stream_tally import StreamTally
-from app.upstream_open import first_of, open_upstream
+from app.upstream_open import UpstreamOpening, first_of
 from providers.base import ChatRequest, Delta, TokenUsage
 from providers.registry import Route, Target
 from providers.retry import RetryPolicy
@@ -146,20 +147,20 @@ class StreamRun:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the stream to the one client of this request: it ends when the client leaves."""
-        await self._run(send, receive)
+        await self._run(send, (scope, receive))
 
     async def produce(self, send: Send) -> None:
         """Run the stream into `send` (its log's), with no client of its own: only `stop` (a grace period over,
         a DELETE, an admin, a shutdown) ends it early. Keep-alives are the watchers' business."""
         await self._run(send, None)
 
-    async def _run(self, send: Send, receive: Receive | None) -> None:
+    async def _run(self, send: Send, client: tuple[Scope, Receive] | None) -> None:
         self._send = send
-        self._direct = receive is not None
+        self._direct = client is not None
         self._loop = asyncio.get_running_loop()
         task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
-        watcher = None if receive is None else self._loop.create_task(self._cancel_on_disconnect(receive, task))
+        watcher = None if client is None else DisconnectWatch(*client, self._client_gone)
         self._drain.track(self)
         self._registry.add(self)
         try:
@@ -178,7 +179,7 @@ class StreamRun:
             self._ended = True
             self._drain.untrack(self)
             if watcher is not None:
-                watcher.cancel()
+                watcher.close()
             if self._keepalive is not None:
                 self._keepalive.stop()
             if self._committing is not None:
@@ -265,27 +266,25 @@ class StreamRun:
         except Exception as exc:  # a client gone mid-write: the stream ends either way
             logger.info("stream %s: could not write its terminal frame: %s", self.stream_id, exc)
 
-    async def _cancel_on_disconnect(self, receive: Receive, task: asyncio.Task[None]) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+    def _client_gone(self) -> None:
         # uvicorn also reports a disconnect once the response is complete: that one is not the client leaving.
-        if not self._ended:
+        if not self._ended and self._task is not None:
             self._client_left = True
-            task.cancel()
+            self._task.cancel()
 
     async def _serve(self) -> None:
         terminal: DoneFrame | ErrorFrame
-        async with AsyncExitStack() as upstream:
+        upstream = UpstreamOpening(
+            self._route,
+            self._request,
+            self._policy,
+            first_delta=self._first_delta,
+            committed=lambda: self._committed,
+            stream_id=self.stream_id,
+        )
+        try:
             try:
-                target, deltas, first = await open_upstream(
-                    self._route,
-                    self._request,
-                    self._policy,
-                    upstream,
-                    first_delta=self._first_delta,
-                    committed=lambda: self._committed,
-                    stream_id=self.stream_id,
-                )
+                target, deltas, first = await upstream.open()
                 self._tally.served_by = target.provider_name
                 self._target = target
                 self._tally.first_delta_at = time.monotonic()
@@ -306,6 +305,8 @@ class StreamRun:
                     pending = None
                 async with aclosing(deltas):
                     terminal = await self._relay(first, pending is not None, deltas)
+        finally:
+            await upstream.aclose()
         self._ended = True
         self._tally.outcome = terminal.event
         if not self._encoder.buffered:

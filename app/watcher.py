@@ -16,6 +16,7 @@ import logging
 from litestar.types import Receive, Scope, Send
 
 from app.dialects import Dialect
+from app.disconnect import DisconnectWatch
 from app.frame_log import FrameLog, LogTruncated
 from app.frames import ErrorFrame
 from app.keepalive import KeepAlive
@@ -51,19 +52,25 @@ class StreamWatcher:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
-        left = asyncio.Event()
-        disconnect = loop.create_task(cancel_on_disconnect(receive, task, left))
+        left = False
+
+        def gone() -> None:
+            nonlocal left
+            left = True
+            task.cancel()
+
+        disconnect = DisconnectWatch(scope, receive, gone)
         keepalive = KeepAlive(loop, send, self._ping_interval, self._stream.log.dialect.keepalive)
         self._stream.attach()
         try:
             await self._follow(send, keepalive)
         except asyncio.CancelledError:
-            if not left.is_set():
+            if not left:
                 raise
             task.uncancel()
         finally:
             keepalive.stop()
-            disconnect.cancel()
+            disconnect.close()
             self._stream.detach()
 
     async def _answer_head(self, send: Send) -> bool:
@@ -155,11 +162,3 @@ def idless_error(dialect: Dialect, code: str, message: str, request_id: str) -> 
     """A retryable `error` frame that is not one of the stream's frames (no id): what a watcher says of its own
     connection (it fell behind, its store failed), so that a resume with the client's last id still works."""
     return dialect.error(ErrorFrame(code=code, message=message, retryable=True, request_id=request_id))
-
-
-async def cancel_on_disconnect(receive: Receive, task: asyncio.Task[None], left: asyncio.Event) -> None:
-    """Cancel `task` (a watcher) when its client leaves: that watcher ends, the stream it watched goes on."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    left.set()
-    task.cancel()
