@@ -33,6 +33,7 @@ from app.frame_log import FrameLog
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
 from app.keepalive import KeepAlive
 from app.limits import Admission
+from app.loop_turns import LoopTurns
 from app.registry import (
     Api,
     StopReason,
@@ -54,7 +55,6 @@ from providers.retry import RetryPolicy
 
 logger = logging.getLogger("tokenrelay.stream")
 
-YIELD_AFTER_SECONDS = 0.005
 # Before a shutdown `cancel`, EventSource is told to come back soon, at a random moment in this window, so that
 # the clients of a stopping replica do not all reconnect to the others in the same instant.
 SHUTDOWN_RETRY_MS = (500, 2500)
@@ -78,7 +78,6 @@ class StreamRun:
         "_ended",
         "_failure",
         "_keepalive",
-        "_last_yield",
         "_loop",
         "_ping_interval",
         "_policy",
@@ -93,6 +92,7 @@ class StreamRun:
         "_target",
         "_task",
         "_transport",
+        "_turns",
         "created",
         "log",
         "stream_id",
@@ -137,7 +137,7 @@ class StreamRun:
         self._client_left = False
         self._shutdown = False  # stopped from outside: a shutdown, an admin or the client's own DELETE
         self._stop_reason: StopReason = "server_shutdown"
-        self._last_yield = 0.0
+        self._turns: LoopTurns  # known once __call__ runs
         self._keepalive: KeepAlive | None = None
         self._direct = True  # serving its own client, not a log
         self._committing: asyncio.Task[None] | None = None
@@ -158,6 +158,7 @@ class StreamRun:
         self._send = send
         self._direct = client is not None
         self._loop = asyncio.get_running_loop()
+        self._turns = LoopTurns(self._loop)
         task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         watcher = None if client is None else DisconnectWatch(*client, self._client_gone)
@@ -402,16 +403,10 @@ class StreamRun:
         if not body and more:
             return
         self._tally.writes += 1
-        now = self._loop.time()
         if self._keepalive is not None:
             self._keepalive.wrote()
         await self._send({"type": "http.response.body", "body": body, "more_body": more})
-        if now - self._last_yield > YIELD_AFTER_SECONDS:
-            # Neither a buffered upstream read nor a send to a departed client suspends, so a fast stream
-            # could run on without giving the loop a turn: other streams would starve, and the disconnect
-            # watcher could not stop this one until the upstream's buffers ran dry.
-            self._last_yield = now
-            await asyncio.sleep(0)
+        await self._turns.after_step()
 
     async def _refuse(self, error: ProxyError) -> None:
         self._tally.outcome = error.code

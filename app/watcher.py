@@ -20,11 +20,10 @@ from app.disconnect import DisconnectWatch
 from app.frame_log import FrameLog, LogTruncated
 from app.frames import ErrorFrame
 from app.keepalive import KeepAlive
+from app.loop_turns import LoopTurns
 from app.resumable import ResumableStream
 
 logger = logging.getLogger("tokenrelay.watcher")
-
-YIELD_AFTER_SECONDS = 0.005
 
 
 class StreamWatcher:
@@ -94,8 +93,7 @@ class StreamWatcher:
             return
         keepalive.start()
         body = self._prefix
-        clock = asyncio.get_running_loop().time
-        yielded = clock()
+        turns = LoopTurns(asyncio.get_running_loop())
         while True:
             try:
                 if log.last_seq <= self._after:
@@ -118,9 +116,7 @@ class StreamWatcher:
                 body = b""
             if done:
                 return
-            if (now := clock()) - yielded > YIELD_AFTER_SECONDS:
-                yielded = now
-                await asyncio.sleep(0)  # a client that never blocks the send must not starve the loop
+            await turns.after_step()  # a client that never blocks the send must not starve the loop
             if self._after < 0 and log.watchers == 1 and self._position == log.end and not log.ended:
                 if await self._tail(log, send, keepalive):
                     return
