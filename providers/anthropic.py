@@ -10,8 +10,7 @@ usage, `ping` ignored, a mid-stream `error` event → a retryable `UpstreamError
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import msgspec
@@ -20,6 +19,7 @@ from app.errors import UpstreamError
 from app.settings import AnthropicProviderSettings
 from providers.base import ChatRequest, Delta, Message, TokenUsage, ToolCallDelta, UpstreamTimeouts
 from providers.http_client import HttpClient, UpstreamResponse
+from providers.http_stream import HttpStream
 from providers.sse_decoder import SSEDecoder
 from providers.upstream_errors import UpstreamErrors
 
@@ -94,15 +94,16 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncGenerator[Delta, None]]:
+    def stream(self, request: ChatRequest) -> HttpStream:
         headers = {**self._headers, "X-Request-ID": request.request_id}
         body = _encode(request_body(request, self._default_max_tokens))
         timeouts = request.timeouts or self._timeouts
-        async with self._http.post(self._url, headers=headers, body=body, timeouts=timeouts) as response:
-            if response.status != 200:
-                raise await self._errors.from_status(response, request.model)
-            yield _deltas(response, self._errors)
+        return HttpStream(
+            self._http.post(self._url, headers=headers, body=body, timeouts=timeouts),
+            _deltas,
+            self._errors,
+            request.model,
+        )
 
 
 def request_body(request: ChatRequest, default_max_tokens: int) -> dict[str, Any]:

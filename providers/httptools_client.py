@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from types import TracebackType
 from urllib.parse import urlsplit
 
 import httptools
@@ -82,33 +82,12 @@ class HttptoolsClient:
     def idle_connections(self) -> int:
         return sum(len(idle) for idle in self._idle.values())
 
-    @asynccontextmanager
-    async def post(
-        self, url: str, *, headers: Mapping[str, str], body: bytes, timeouts: UpstreamTimeouts
-    ) -> AsyncIterator[Response]:
-        if self._slots is None:
+    def post(self, url: str, *, headers: Mapping[str, str], body: bytes, timeouts: UpstreamTimeouts) -> _Exchange:
+        slots = self._slots
+        if slots is None:
             raise RuntimeError("HttptoolsClient.post() before open()")
         origin = self._origins.get(url) or self._origins.setdefault(url, _Origin(url, self._tls))
-        request = _request_bytes(origin, headers, body)
-        try:
-            async with asyncio.timeout(timeouts.pool):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise UpstreamTimeout("no free upstream connection within the pool timeout") from None
-        connection: Connection | None = None
-        response: Response | None = None
-        try:
-            try:
-                connection = await self._send(origin, request, timeouts)
-            except (OSError, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-                mapped = translate(exc)
-                raise (mapped or UpstreamUnavailable(str(exc))) from exc
-            response = Response(connection, timeouts.read)
-            yield response
-        finally:
-            if connection is not None:
-                self._release(origin, connection, ended=response is not None and response.ended)
-            self._slots.release()
+        return _Exchange(self, slots, origin, _request_bytes(origin, headers, body), timeouts)
 
     async def _send(self, origin: _Origin, request: bytes, timeouts: UpstreamTimeouts) -> Connection:
         """Send the request and wait for the response headers; on any failure, the connection is cut."""
@@ -220,6 +199,70 @@ class HttptoolsClient:
         self._idle.clear()
         with contextlib.suppress(Exception):
             await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+class _Exchange:
+    """One request and its response, for `async with`: entering sends the request (on a pooled connection or a
+    new one) and waits for the response's headers; leaving returns the connection to the pool, or closes it.
+
+    An object rather than an `@asynccontextmanager` generator: it lives as long as its stream."""
+
+    __slots__ = ("_client", "_connection", "_holds_slot", "_origin", "_request", "_response", "_slots", "_timeouts")
+
+    def __init__(
+        self,
+        client: HttptoolsClient,
+        slots: asyncio.Semaphore,
+        origin: _Origin,
+        request: bytes,
+        timeouts: UpstreamTimeouts,
+    ) -> None:
+        self._client = client
+        self._slots = slots
+        self._origin = origin
+        self._request = request
+        self._timeouts = timeouts
+        self._holds_slot = False
+        self._connection: Connection | None = None
+        self._response: Response | None = None
+
+    async def __aenter__(self) -> Response:
+        client, slots, timeouts = self._client, self._slots, self._timeouts
+        await self._take_slot()
+        try:
+            connection = await client._send(self._origin, self._request, timeouts)
+        except (OSError, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            slots.release()
+            mapped = translate(exc)
+            raise (mapped or UpstreamUnavailable(str(exc))) from exc
+        except BaseException:
+            slots.release()
+            raise
+        self._holds_slot, self._connection = True, connection
+        self._response = response = Response(connection, timeouts.read)
+        return response
+
+    async def _take_slot(self) -> None:
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # free: no wait, and no timer to arm and cancel
+            return
+        try:
+            async with asyncio.timeout(self._timeouts.pool):
+                await slots.acquire()
+        except TimeoutError:
+            raise UpstreamTimeout("no free upstream connection within the pool timeout") from None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        connection, response = self._connection, self._response
+        self._connection = self._response = None
+        if connection is not None and response is not None:
+            self._client._release(self._origin, connection, ended=response.ended)
+        if self._holds_slot:
+            self._holds_slot = False
+            self._slots.release()
 
 
 def _request_bytes(origin: _Origin, headers: Mapping[str, str], body: bytes) -> bytes:

@@ -8,8 +8,7 @@ client is slower than the upstream, reads grow and frames get fewer and larger, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
@@ -18,6 +17,7 @@ from app.errors import UpstreamError
 from app.settings import OpenAIProviderSettings
 from providers.base import ChatRequest, Delta, Message, TokenUsage, ToolCallDelta, UpstreamTimeouts
 from providers.http_client import HttpClient, UpstreamResponse
+from providers.http_stream import HttpStream
 from providers.sse_decoder import ServerSentEvent, SSEDecoder
 from providers.upstream_errors import UpstreamErrors
 
@@ -77,16 +77,15 @@ class OpenAIProvider:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
         self._headers = headers
 
-    @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncGenerator[Delta, None]]:
+    def stream(self, request: ChatRequest) -> HttpStream:
         headers = {**self._headers, "X-Request-ID": request.request_id}
         timeouts = request.timeouts or self._timeouts
-        async with self._http.post(
-            self._url, headers=headers, body=_request_body(request), timeouts=timeouts
-        ) as response:
-            if response.status != 200:
-                raise await self._errors.from_status(response, request.model)
-            yield _deltas(response, self._errors)
+        return HttpStream(
+            self._http.post(self._url, headers=headers, body=_request_body(request), timeouts=timeouts),
+            _deltas,
+            self._errors,
+            request.model,
+        )
 
     async def open(self) -> None:
         await self._http.open()
