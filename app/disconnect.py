@@ -15,27 +15,37 @@ from litestar.types import Receive, Scope
 
 NOTIFY_DISCONNECT = "tokenrelay.notify_disconnect"
 
-# Set the callback for the connection's loss (None: no longer wanted).
-Notify = Callable[[Callable[[], None] | None], None]
+# `(callback, True)` asks for `callback` at the connection's loss; `(callback, False)` takes it back, if it is still
+# the one asked for (a pipelined request's may already have replaced it).
+Notify = Callable[[Callable[[], None], bool], None]
 
 
 class DisconnectWatch:
-    """Calls `on_left` once if the client leaves before `close()`."""
+    """Calls `on_left` once if the client leaves before `close()`, and never after it."""
 
-    __slots__ = ("_notify", "_task")
+    __slots__ = ("_closed", "_left", "_notify", "_on_left", "_task")
 
     def __init__(self, scope: Scope, receive: Receive, on_left: Callable[[], None]) -> None:
         notify: Notify | None = scope.get(NOTIFY_DISCONNECT)  # type: ignore[assignment]
         self._notify = notify
+        self._on_left = on_left
+        self._closed = False
+        self._left = self._client_left  # one bound method: `Notify` takes back the very object it was given
         self._task: asyncio.Task[None] | None = None
         if notify is not None:
-            notify(on_left)
+            notify(self._left, True)
         else:
-            self._task = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive, on_left))
+            self._task = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive, self._left))
+
+    def _client_left(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_left()
 
     def close(self) -> None:
+        self._closed = True
         if self._notify is not None:
-            self._notify(None)
+            self._notify(self._left, False)
             self._notify = None
         if self._task is not None:
             self._task.cancel()

@@ -73,11 +73,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.scope[NOTIFY_DISCONNECT] = self._notify_disconnect  # type: ignore[literal-required]
 
-    def _notify_disconnect(self, on_lost: Callable[[], None] | None) -> None:
-        if on_lost is not None and self._lost:
+    def _notify_disconnect(self, on_lost: Callable[[], None], wanted: bool) -> None:
+        if not wanted:
+            if self._on_lost is on_lost:
+                self._on_lost = None
+        elif self._lost:
             self.loop.call_soon(on_lost)
-            return
-        self._on_lost = on_lost
+        else:
+            self._on_lost = on_lost
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

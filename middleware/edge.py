@@ -57,11 +57,26 @@ class EdgeMiddleware:
         token = REQUEST_ID.set(request_id)
         try:
             await self._app(scope, receive, send_at_edge)
+        except Exception:
+            status = status or 500  # what the server answers for an app that raised before its response
+            raise
         finally:
             client = scope.get("client")
             access_logger.info(
                 '%s - "%s %s HTTP/%s" %s %.1f ms',
-                client[0] if client else "-", scope["method"], scope["path"], scope["http_version"],
+                client[0] if client else "-", scope["method"], _logged_path(scope), scope.get("http_version", "1.1"),
                 status or "-", (time.monotonic() - started) * 1000,
             )  # fmt: skip
             REQUEST_ID.reset(token)
+
+
+def _logged_path(scope: Scope) -> str:
+    """The path as it came, still percent-encoded: the decoded one may hold a line break or an escape sequence,
+    and a client could forge log lines with it."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else scope["path"]
+    return path.translate(_UNPRINTABLE)
+
+
+# Anything but printable ASCII is written as its percent-encoding, and so is the quote that ends the field.
+_UNPRINTABLE = {c: f"%{c:02X}" for c in (*range(0x20), 0x22, *range(0x7F, 0x100))}

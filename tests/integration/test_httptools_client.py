@@ -9,9 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.redaction import Redactor
+from app.settings.models import OpenAIProviderSettings
 from bench.fake_upstream import FakeUpstream
-from providers.base import UpstreamTimeouts
+from providers.base import ChatRequest, Message, UpstreamTimeouts
 from providers.httptools_client import HttptoolsClient
+from providers.openai import OpenAIProvider
+from providers.upstream_errors import UpstreamErrors
 
 pytestmark = pytest.mark.anyio
 
@@ -318,3 +322,56 @@ async def test_a_terminating_chunk_that_never_comes_closes_the_connection() -> N
     release.set()
     server.close()
     await http.aclose()
+
+
+_CHUNK = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+)
+
+
+def openai_stream_ending_apart(release: asyncio.Event, connections: list[int], *, done: bool) -> Handler:
+    """An OpenAI-compatible upstream that writes `[DONE]` (or, if not `done`, only the chunk) and the terminating
+    chunk of the body only once `release` is set."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"Content-"))
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+                event = _CHUNK + (b"data: [DONE]\n\n" if done else b"")
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                await release.wait()
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+
+    return handler
+
+
+@pytest.mark.parametrize("done", [True, False], ids=["done", "cut-off-before-done"])
+async def test_the_openai_provider_keeps_the_connection_of_a_stream_that_reached_done(
+    client: HttptoolsClient, done: bool
+) -> None:
+    release, connections = asyncio.Event(), list[int]()
+    server, url = await serve(openai_stream_ending_apart(release, connections, done=done))
+    settings = OpenAIProviderSettings(type="openai", base_url=url.removesuffix("/chat/completions"))
+    provider = OpenAIProvider(settings, client, UpstreamErrors(Redactor(())))
+    request = ChatRequest(model="m", messages=(Message(role="user", content="hi"),), request_id="r")
+    async with provider.stream(request) as deltas:
+        received = [d async for d in deltas] if done else [await anext(deltas)]  # else: as a client that left
+    assert received[0].text == "hi"
+    if done:
+        assert client.idle_connections == 0  # its terminating chunk has not come yet
+        release.set()
+        await until(lambda: client.idle_connections == 1)
+    else:
+        assert client.open_connections == 0  # closed at once: that is how the upstream learns of it
+        release.set()
+    assert len(connections) == 1
+    server.close()

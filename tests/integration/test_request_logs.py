@@ -104,9 +104,16 @@ async def test_each_request_has_one_access_line_once_its_response_is_over_withou
                 headers={"X-Request-ID": "trace-access-1"},
             )
             missing = await client.get(f"{base}/nowhere?token=abc", headers={"X-Request-ID": "trace-access-2"})
-        messages = await logs.wait_for(lambda seen: sum('HTTP/1.1" ' in m for m in seen) >= 2)
+            # A decoded path could forge a second log line: the line keeps the path as it came.
+            forged = await client.get(f"{base}/x%0A127.0.0.1%20-%20%22GET%20/admin%22%20200")
+        messages = await logs.wait_for(lambda seen: sum('HTTP/1.1" ' in m for m in seen) >= 3)
     assert streamed.status_code == 200
     assert missing.status_code == 404
+    assert forged.status_code == 404
+    assert any(
+        m.startswith('127.0.0.1 - "GET /x%0A127.0.0.1%20-%20%22GET%20/admin%22%20200 HTTP/1.1" 404') for m in messages
+    )
+    assert not any("\n" in m for m in messages)
     access = [m for m in messages if 'HTTP/1.1" ' in m]
     streamed_lines = [m for m in access if "/chat/stream" in m]
     assert len(streamed_lines) == 1, access

@@ -24,15 +24,17 @@ async def test_without_the_servers_callback_a_disconnect_from_receive_is_reporte
 
 
 async def test_with_the_servers_callback_no_task_reads_receive_and_close_takes_the_callback_back() -> None:
-    registered: list[object] = []
+    registered: list[tuple[Any, bool]] = []
 
     async def receive() -> dict[str, Any]:
         raise AssertionError("receive() is not read when the server reports the loss itself")
 
-    scope = {"type": "http", NOTIFY_DISCONNECT: registered.append}
-    watch = DisconnectWatch(scope, receive, lambda: None)  # type: ignore[arg-type]
+    scope = {"type": "http", NOTIFY_DISCONNECT: lambda callback, wanted: registered.append((callback, wanted))}
+    calls: list[str] = []
+    watch = DisconnectWatch(scope, receive, lambda: calls.append("left"))  # type: ignore[arg-type]
     await asyncio.sleep(0)  # a task, had one been made, would run here
     watch.close()
-    assert len(registered) == 2
-    assert callable(registered[0])
-    assert registered[1] is None
+    assert [wanted for _, wanted in registered] == [True, False]
+    assert registered[0][0] is registered[1][0]  # what is taken back is the very callback given
+    registered[0][0]()  # a loss reported after close(), as one queued before it would be
+    assert calls == []
