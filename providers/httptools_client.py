@@ -70,6 +70,7 @@ class HttptoolsClient:
         self._idle: dict[tuple[str, int], deque[Connection]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._open: set[Connection] = set()
+        self._finishing: set[Connection] = set()  # waiting for the rest of a body after their stream ended
 
     async def open(self) -> None:
         self._slots = asyncio.Semaphore(self._max_connections)
@@ -146,22 +147,35 @@ class HttptoolsClient:
         self._open.add(connection)
         return connection
 
-    def _release(self, origin: _Origin, connection: Connection, *, ended: bool = False) -> None:
+    def _release(self, origin: _Origin, connection: Connection, *, ended: bool = False) -> bool:
+        """Pool or close the connection of a finished exchange; True if it waits for the rest of its body first,
+        and holds the exchange's pool slot until then."""
         if connection.reusable():
             self._keep(connection)
-        elif ended and connection.may_be_reused():
+            return False
+        if ended and connection.may_be_reused():
             # The stream ended (`[DONE]`) before its body did: upstreams write the terminating chunk apart, a
             # moment later. Kept if it comes soon; closed, it would cost the next request a new connection (and
             # a TLS handshake).
+            self._finishing.add(connection)
             loop = asyncio.get_running_loop()
             connection.expiry = loop.call_later(self._framing_seconds, self._expire, connection)
             connection.when_complete(self._keep)
-        else:
-            # An unfinished response cannot be reused: closing it is how the upstream learns we left.
-            connection.close()
-            self._open.discard(connection)
+            return True
+        # An unfinished response cannot be reused: closing it is how the upstream learns we left.
+        connection.close()
+        self._open.discard(connection)
+        return False
+
+    def _settle(self, connection: Connection) -> None:
+        """A connection that waited for the rest of its body is kept or gone: its pool slot is free."""
+        if connection in self._finishing:
+            self._finishing.discard(connection)
+            if self._slots is not None:
+                self._slots.release()
 
     def _keep(self, connection: Connection) -> None:
+        self._settle(connection)
         if connection.expiry is not None:
             connection.expiry.cancel()
             connection.expiry = None
@@ -181,6 +195,7 @@ class HttptoolsClient:
 
     def _forget(self, connection: Connection) -> None:
         """Out of the pool: expired, or closed by either side (also while idle)."""
+        self._settle(connection)
         self._open.discard(connection)
         if connection.expiry is not None:
             connection.expiry.cancel()
@@ -197,6 +212,7 @@ class HttptoolsClient:
             connection.close()
         self._open.clear()
         self._idle.clear()
+        self._finishing.clear()
         with contextlib.suppress(Exception):
             await asyncio.sleep(0)  # let the transports run their close callbacks
 
@@ -258,11 +274,13 @@ class _Exchange:
     ) -> None:
         connection, response = self._connection, self._response
         self._connection = self._response = None
+        handed_on = False  # the slot goes with a connection that waits for the rest of its body
         if connection is not None and response is not None:
-            self._client._release(self._origin, connection, ended=response.ended)
+            handed_on = self._client._release(self._origin, connection, ended=response.ended)
         if self._holds_slot:
             self._holds_slot = False
-            self._slots.release()
+            if not handed_on:
+                self._slots.release()
 
 
 def _request_bytes(origin: _Origin, headers: Mapping[str, str], body: bytes) -> bytes:

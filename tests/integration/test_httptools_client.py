@@ -375,3 +375,19 @@ async def test_the_openai_provider_keeps_the_connection_of_a_stream_that_reached
         release.set()
     assert len(connections) == 1
     server.close()
+
+
+async def test_a_connection_waiting_for_the_rest_of_its_body_still_counts_against_the_pool() -> None:
+    http = HttptoolsClient(max_connections=1)
+    await http.open()
+    release, connections = asyncio.Event(), list[int]()
+    server, url = await serve(stream_ended_apart(release, connections))
+    await read_to_done(http, url)
+    second = asyncio.create_task(read_to_done(http, url))
+    done, _ = await asyncio.wait({second}, timeout=0.2)
+    assert not done  # no second connection beside the one still finishing: the pool holds one
+    release.set()
+    assert await second == b"data: a\n\ndata: [DONE]\n\n"
+    assert len(connections) == 1  # and the second request had it once it was complete
+    server.close()
+    await http.aclose()
