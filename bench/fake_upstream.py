@@ -302,7 +302,10 @@ async def _write_events(
                     await _drain(writer, record)
             return True
         finally:
+            # Over before the body's end is written: once the client has it, its next request may come, and a
+            # read still pending would take its first byte (or make the next read raise).
             hangup.cancel()
+            await asyncio.wait((hangup,))
     # Full speed, 16 events per write, made once per answer: the upstream must cost next to nothing, or it, not the
     # relay under test, bounds the benchmark.
     for group in _groups_of_16(events if isinstance(events, tuple) else tuple(events)):
