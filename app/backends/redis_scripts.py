@@ -1,6 +1,8 @@
 """The Lua scripts of the Redis backend: each decision runs atomically in Redis, by Redis's own clock (TIME).
 
-Every key a script touches shares one hash tag (the principal's), so each runs on Redis Cluster too.
+Every key a script touches shares one hash tag (the principal's), so each runs on Redis Cluster too. A stored
+time (a TAT, in microseconds: 16 digits) is written with `%.17g`: Lua's `tostring` keeps 14 significant digits,
+which rounded it to 100 µs, and a burst of admissions then reported the same `remaining` twice.
 """
 
 # GCRA with integer microseconds from Redis TIME. KEYS[1]; ARGV: cost, limit, window_us. Returns allowed,
@@ -17,7 +19,7 @@ local allowed_at = new_tat - window
 if allowed_at > now then
   return {0, 0, tostring(allowed_at - now)}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return {1, math.floor((now - allowed_at) / emission), tostring(new_tat - now)}
 """
 
@@ -33,7 +35,7 @@ if new_tat <= now then
   redis.call('DEL', KEYS[1])
   return 0
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return 1
 """
 
@@ -79,7 +81,7 @@ if budget > 0 then
   if early > 0 then return {3, 0, tostring(early)} end
 end
 if requests > 0 then
-  redis.call('SET', KEYS[1], tostring(request_tat), 'PX', math.ceil((request_tat - now) / 1000) + 1)
+  redis.call('SET', KEYS[1], string.format('%.17g', request_tat), 'PX', math.ceil((request_tat - now) / 1000) + 1)
 end
 if streams > 0 then
   redis.call('ZADD', KEYS[2], now_ms + ttl, lease)
@@ -87,7 +89,7 @@ if streams > 0 then
   redis.call('PEXPIRE', KEYS[2], tonumber(last[2]) - now_ms + 1)
 end
 if budget > 0 then
-  redis.call('SET', KEYS[3], tostring(token_tat), 'PX', math.ceil((token_tat - now) / 1000) + 1)
+  redis.call('SET', KEYS[3], string.format('%.17g', token_tat), 'PX', math.ceil((token_tat - now) / 1000) + 1)
 end
 return {0, remaining, tostring(reset)}
 """
