@@ -310,6 +310,11 @@ class StreamRun:
             await upstream.aclose()
         self._ended = True
         self._tally.outcome = terminal.event
+        if self.log is None and self._admission is not None:
+            # Settled before the terminal frame, not after: a client that has it may send its next request at
+            # once, and that request must find this one's lease given back and its tokens settled to real usage.
+            # (A log's stream settles later, once Redis holds its ending: see `_release`.)
+            await asyncio.shield(self._admission.close(self._tally.used_tokens()))
         if not self._encoder.buffered:
             await self._write(self._encoder.end(terminal), more=False)
         elif self._failure is not None:
