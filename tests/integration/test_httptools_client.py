@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -249,12 +250,33 @@ async def test_a_reused_connection_keeps_its_own_shorter_read_timeout(client: Ht
     server.close()
 
 
-def stream_ended_apart(release: asyncio.Event, connections: list[int]) -> Handler:
+@dataclass
+class Connections:
+    """A test server's connections: opened, and closed again (each test waits for these to match before it
+    ends, or a handler still reading would outlive its event loop)."""
+
+    opened: int = 0
+    closed: int = 0
+
+
+async def all_closed(http: HttptoolsClient, connections: Connections, server: asyncio.Server) -> None:
+    await http.aclose()
+    await until(lambda: connections.closed == connections.opened)
+    server.close()
+
+
+def stream_ended_apart(release: asyncio.Event, connections: Connections) -> Handler:
     """Answers each request with one event and `[DONE]`, and writes the terminating chunk only once `release` is
     set, as upstreams do a moment after `[DONE]`."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
+        connections.opened += 1
+        try:
+            await answer_each_request(reader, writer)
+        finally:
+            connections.closed += 1
+
+    async def answer_each_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -288,40 +310,39 @@ async def read_to_done(client: HttptoolsClient, url: str, *, end: bool = True) -
 async def test_a_stream_that_ended_before_its_terminating_chunk_keeps_its_connection(
     client: HttptoolsClient,
 ) -> None:
-    release, connections = asyncio.Event(), list[int]()
+    release, connections = asyncio.Event(), Connections()
     server, url = await serve(stream_ended_apart(release, connections))
     assert await read_to_done(client, url) == b"data: a\n\ndata: [DONE]\n\n"
     assert client.idle_connections == 0  # not pooled yet: the body is not over
     release.set()
     await until(lambda: client.idle_connections == 1)
     assert await read_to_done(client, url) == b"data: a\n\ndata: [DONE]\n\n"
-    assert len(connections) == 1  # the second request went on the first one's connection
-    server.close()
+    assert connections.opened == 1  # the second request went on the first one's connection
+    await all_closed(client, connections, server)
 
 
 async def test_a_response_left_before_its_end_marker_still_closes_its_connection(client: HttptoolsClient) -> None:
-    release, connections = asyncio.Event(), list[int]()
+    release, connections = asyncio.Event(), Connections()
     server, url = await serve(stream_ended_apart(release, connections))
     await read_to_done(client, url, end=False)  # as a relay whose client left
     assert client.open_connections == 0  # closed at once: that is how the upstream learns of it
     release.set()
     await read_to_done(client, url)
-    assert len(connections) == 2
-    server.close()
+    assert connections.opened == 2
+    await all_closed(client, connections, server)
 
 
 async def test_a_terminating_chunk_that_never_comes_closes_the_connection() -> None:
     http = HttptoolsClient(max_connections=8, framing_seconds=0.05)
     await http.open()
-    release, connections = asyncio.Event(), list[int]()
+    release, connections = asyncio.Event(), Connections()
     server, url = await serve(stream_ended_apart(release, connections))
     await read_to_done(http, url)
     assert http.open_connections == 1
     await until(lambda: http.open_connections == 0)
     assert http.idle_connections == 0
     release.set()
-    server.close()
-    await http.aclose()
+    await all_closed(http, connections, server)
 
 
 _CHUNK = (
@@ -330,12 +351,18 @@ _CHUNK = (
 )
 
 
-def openai_stream_ending_apart(release: asyncio.Event, connections: list[int], *, done: bool) -> Handler:
+def openai_stream_ending_apart(release: asyncio.Event, connections: Connections, *, done: bool) -> Handler:
     """An OpenAI-compatible upstream that writes `[DONE]` (or, if not `done`, only the chunk) and the terminating
     chunk of the body only once `release` is set."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
+        connections.opened += 1
+        try:
+            await answer_each_request(reader, writer)
+        finally:
+            connections.closed += 1
+
+    async def answer_each_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -358,7 +385,7 @@ def openai_stream_ending_apart(release: asyncio.Event, connections: list[int], *
 async def test_the_openai_provider_keeps_the_connection_of_a_stream_that_reached_done(
     client: HttptoolsClient, done: bool
 ) -> None:
-    release, connections = asyncio.Event(), list[int]()
+    release, connections = asyncio.Event(), Connections()
     server, url = await serve(openai_stream_ending_apart(release, connections, done=done))
     settings = OpenAIProviderSettings(type="openai", base_url=url.removesuffix("/chat/completions"))
     provider = OpenAIProvider(settings, client, UpstreamErrors(Redactor(())))
@@ -373,14 +400,14 @@ async def test_the_openai_provider_keeps_the_connection_of_a_stream_that_reached
     else:
         assert client.open_connections == 0  # closed at once: that is how the upstream learns of it
         release.set()
-    assert len(connections) == 1
-    server.close()
+    assert connections.opened == 1
+    await all_closed(client, connections, server)
 
 
 async def test_a_connection_waiting_for_the_rest_of_its_body_still_counts_against_the_pool() -> None:
     http = HttptoolsClient(max_connections=1)
     await http.open()
-    release, connections = asyncio.Event(), list[int]()
+    release, connections = asyncio.Event(), Connections()
     server, url = await serve(stream_ended_apart(release, connections))
     await read_to_done(http, url)
     second = asyncio.create_task(read_to_done(http, url))
@@ -388,6 +415,5 @@ async def test_a_connection_waiting_for_the_rest_of_its_body_still_counts_agains
     assert not done  # no second connection beside the one still finishing: the pool holds one
     release.set()
     assert await second == b"data: a\n\ndata: [DONE]\n\n"
-    assert len(connections) == 1  # and the second request had it once it was complete
-    server.close()
-    await http.aclose()
+    assert connections.opened == 1  # and the second request had it once it was complete
+    await all_closed(http, connections, server)
