@@ -21,15 +21,16 @@ Notify = Callable[[Callable[[], None], bool], None]
 
 
 class DisconnectWatch:
-    """Calls `on_left` once if the client leaves before `close()`, and never after it."""
+    """Calls `on_left` once if the client leaves before `close()`, and never after it; `left` tells whether it did."""
 
-    __slots__ = ("_closed", "_left", "_notify", "_on_left", "_task")
+    __slots__ = ("_closed", "_left", "_notify", "_on_left", "_task", "left")
 
-    def __init__(self, scope: Scope, receive: Receive, on_left: Callable[[], None]) -> None:
+    def __init__(self, scope: Scope, receive: Receive, on_left: Callable[[], object]) -> None:
         notify: Notify | None = scope.get(NOTIFY_DISCONNECT)  # type: ignore[assignment]
         self._notify = notify
         self._on_left = on_left
         self._closed = False
+        self.left = False
         self._left = self._client_left  # one bound method: `Notify` takes back the very object it was given
         self._task: asyncio.Task[None] | None = None
         if notify is not None:
@@ -40,6 +41,7 @@ class DisconnectWatch:
     def _client_left(self) -> None:
         if not self._closed:
             self._closed = True
+            self.left = True
             self._on_left()
 
     def close(self) -> None:

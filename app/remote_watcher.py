@@ -115,14 +115,7 @@ class RemoteWatcher:
         loop = asyncio.get_running_loop()
         task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
-        left = False
-
-        def gone() -> None:
-            nonlocal left
-            left = True
-            task.cancel()
-
-        disconnect = DisconnectWatch(scope, receive, gone)
+        disconnect = DisconnectWatch(scope, receive, task.cancel)
         keepalive = KeepAlive(loop, send, self._ping_interval, self._dialect.keepalive)
         self._drain.track(self)
         try:
@@ -135,10 +128,10 @@ class RemoteWatcher:
             keepalive.start()
             await self._follow(send, keepalive)
         except asyncio.CancelledError:
-            if not (left or self._stopping):
+            if not (disconnect.left or self._stopping):
                 raise
             task.uncancel()
-            if self._stopping and not left:
+            if self._stopping and not disconnect.left:
                 with contextlib.suppress(Exception):
                     await _hand_on(send, self._dialect)
         finally:

@@ -51,20 +51,13 @@ class StreamWatcher:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
-        left = False
-
-        def gone() -> None:
-            nonlocal left
-            left = True
-            task.cancel()
-
-        disconnect = DisconnectWatch(scope, receive, gone)
+        disconnect = DisconnectWatch(scope, receive, task.cancel)
         keepalive = KeepAlive(loop, send, self._ping_interval, self._stream.log.dialect.keepalive)
         self._stream.attach()
         try:
             await self._follow(send, keepalive)
         except asyncio.CancelledError:
-            if not left:
+            if not disconnect.left:
                 raise
             task.uncancel()
         finally:

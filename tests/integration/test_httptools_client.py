@@ -265,9 +265,11 @@ async def all_closed(http: HttptoolsClient, connections: Connections, server: as
     server.close()
 
 
-def stream_ended_apart(release: asyncio.Event, connections: Connections) -> Handler:
-    """Answers each request with one event and `[DONE]`, and writes the terminating chunk only once `release` is
-    set, as upstreams do a moment after `[DONE]`."""
+def stream_ended_apart(
+    release: asyncio.Event, connections: Connections, event: bytes = b"data: a\n\ndata: [DONE]\n\n"
+) -> Handler:
+    """Answers each request with `event` as its body's one chunk, and writes the terminating chunk only once
+    `release` is set, as upstreams do a moment after `[DONE]`."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.opened += 1
@@ -285,7 +287,6 @@ def stream_ended_apart(release: asyncio.Event, connections: Connections) -> Hand
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
                 )
-                event = b"data: a\n\ndata: [DONE]\n\n"
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
                 await release.wait()
@@ -351,42 +352,13 @@ _CHUNK = (
 )
 
 
-def openai_stream_ending_apart(release: asyncio.Event, connections: Connections, *, done: bool) -> Handler:
-    """An OpenAI-compatible upstream that writes `[DONE]` (or, if not `done`, only the chunk) and the terminating
-    chunk of the body only once `release` is set."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.opened += 1
-        try:
-            await answer_each_request(reader, writer)
-        finally:
-            connections.closed += 1
-
-    async def answer_each_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"Content-"))
-                await reader.readexactly(length)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                )
-                event = _CHUNK + (b"data: [DONE]\n\n" if done else b"")
-                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-                await writer.drain()
-                await release.wait()
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
-
-    return handler
-
-
 @pytest.mark.parametrize("done", [True, False], ids=["done", "cut-off-before-done"])
 async def test_the_openai_provider_keeps_the_connection_of_a_stream_that_reached_done(
     client: HttptoolsClient, done: bool
 ) -> None:
     release, connections = asyncio.Event(), Connections()
-    server, url = await serve(openai_stream_ending_apart(release, connections, done=done))
+    event = _CHUNK + (b"data: [DONE]\n\n" if done else b"")
+    server, url = await serve(stream_ended_apart(release, connections, event))
     settings = OpenAIProviderSettings(type="openai", base_url=url.removesuffix("/chat/completions"))
     provider = OpenAIProvider(settings, client, UpstreamErrors(Redactor(())))
     request = ChatRequest(model="m", messages=(Message(role="user", content="hi"),), request_id="r")
