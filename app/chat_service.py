@@ -92,8 +92,13 @@ class ChatService:
         return await self._sessions.end(connection)
 
     async def read_body(self, request: Request[Any, Any, Any]) -> bytes:
-        """The request body, or 408 if it does not arrive within `server.body_timeout_seconds`."""
-        return await read_body(request, self._settings.server.body_timeout_seconds)
+        """The request body: 413 past `limits.max_body_bytes`, 408 if it does not arrive within
+        `server.body_timeout_seconds`."""
+        return await read_body(
+            request,
+            max_bytes=self._settings.limits.max_body_bytes,
+            seconds=self._settings.server.body_timeout_seconds,
+        )
 
     @property
     def session_seconds(self) -> int:

@@ -7,6 +7,7 @@
     │   ├── RouteNotFound                404/405 not_found / method_not_allowed
     │   ├── RequestTooLarge              413 request_too_large
     │   ├── RequestTimeout               408 request_timeout (the body did not arrive in time)
+    │   ├── ClientClosed                 499 client_closed (gone before its body was whole; for the log)
     │   ├── StreamNotFound               404 stream_not_found (unknown, expired or another principal's)
     │   └── StreamTruncated              410 stream_truncated (a resume from frames the log has dropped)
     ├── PolicyError                      fault: policy (the request is fine, a rule refused it)
@@ -111,6 +112,13 @@ class RequestTimeout(CallerError):
 
     def response_headers(self) -> dict[str, str]:
         return {**super().response_headers(), "connection": "close"}
+
+
+class ClientClosed(CallerError):
+    """The client left before its request body was whole. Nothing can reach it; nginx's 499 tells the log why."""
+
+    status = 499
+    code = "client_closed"
 
 
 class StreamNotFound(CallerError):

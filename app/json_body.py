@@ -6,10 +6,10 @@ import asyncio
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request
+from litestar.connection import ASGIConnection
 from pydantic import BaseModel, ValidationError
 
-from app.errors import InvalidRequest, RequestTimeout
+from app.errors import ClientClosed, InvalidRequest, RequestTimeout, RequestTooLarge
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -19,12 +19,30 @@ MAX_DEPTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
-async def read_body(request: Request[Any, Any, Any], seconds: float) -> bytes:
-    """The whole body, or `RequestTimeout` (408) if it has not arrived within `seconds` (a stalled or trickling
-    upload would otherwise hold its connection and its task for ever)."""
+async def read_body(connection: ASGIConnection[Any, Any, Any, Any], *, max_bytes: int, seconds: float) -> bytes:
+    """The whole body, read from `receive` itself so that it needs no route handler (`app.hot_routes` has none):
+    `RequestTooLarge` (413) past `max_bytes`, declared or counted, and `RequestTimeout` (408) if it has not
+    arrived within `seconds` (a stalled or trickling upload would otherwise hold its connection and its task for
+    ever). A client gone before its body was whole raises `ClientClosed`: there is no one left to answer."""
+    declared = connection.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestTooLarge("the request body is larger than this server accepts")
+    receive = connection.receive
+    chunks: list[bytes] = []
+    size = 0
     try:
         async with asyncio.timeout(seconds):
-            return await request.body()
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientClosed("the client closed the connection before its request body was whole")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_bytes:
+                    raise RequestTooLarge("the request body is larger than this server accepts")
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
 

@@ -123,3 +123,21 @@ async def test_each_request_has_one_access_line_once_its_response_is_over_withou
     assert any(re.fullmatch(r'127\.0\.0\.1 - "GET /nowhere HTTP/1\.1" 404 \d+\.\d ms', m) for m in messages)
     assert "private" not in "\n".join(messages)
     assert "abc" not in "\n".join(messages)
+
+
+@pytest.mark.parametrize("path", ["/chat/stream", "/v1/chat/completions"])
+async def test_a_client_gone_before_its_body_is_whole_is_a_499_not_an_error(logs: RecordCollector, path: str) -> None:
+    settings = Settings.model_validate(
+        {
+            "providers": {"echo": {"type": "echo", "tokens_per_second": 0, "first_token_delay_ms": 0}},
+            "models": {"echo": {"provider": "echo", "model": "echo"}},
+        }
+    )
+    with running_proxy(settings) as base:
+        port = int(base.rsplit(":", 1)[1])
+        head = f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head.encode() + b'{"prompt": "half')
+        messages = await logs.wait_for(lambda seen: any(f'"POST {path} HTTP/1.1"' in m for m in seen))
+    assert any(re.fullmatch(rf'127\.0\.0\.1 - "POST {re.escape(path)} HTTP/1\.1" 499 \d+\.\d ms', m) for m in messages)
+    assert not [r for r in logs.records if r.levelno >= logging.WARNING], logs.messages()
