@@ -30,30 +30,29 @@ from app.errors import (
     Unauthorized,
     error_body,
 )
+from app.replies import Reply
 from app.request_context import request_id_of
 
 logger = logging.getLogger("tokenrelay.errors")
 
 
-def _respond(request: Request[Any, Any, Any], error: ProxyError) -> Response[bytes]:
-    return Response(
-        content=error_body(error, request_id_of(request.scope)),
-        status_code=error.status,
-        media_type=MediaType.JSON,
-        headers=error.response_headers(),
-    )
+def client_error(exc: Exception, method: str, path: str) -> ProxyError:
+    """What the client is told about `exc`, raised before its response started; an unexpected one is logged."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, HTTPException):
+        return _from_http_exception(exc, method, path)
+    logger.exception("unhandled error on %s %r", method, path, exc_info=exc)
+    return InternalError("tokenrelay failed to handle the request")
 
 
-def _proxy_error(request: Request[Any, Any, Any], exc: ProxyError) -> Response[bytes]:
-    return _respond(request, exc)
-
-
-def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+def _from_http_exception(exc: HTTPException, method: str, path: str) -> ProxyError:
     error: ProxyError
     if isinstance(exc, NotFoundException):
-        error = RouteNotFound(f"no route for {request.method} {request.url.path}")
+        error = RouteNotFound(f"no route for {method} {path}")
     elif isinstance(exc, MethodNotAllowedException):
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        error = MethodNotAllowed(f"{method} is not allowed on {path}")
+        error.extra_headers.update(exc.headers or {})  # Allow
     elif isinstance(exc, RequestEntityTooLarge):
         error = RequestTooLarge("the request body is larger than this server accepts")
     elif isinstance(exc, NotAuthorizedException):
@@ -65,19 +64,23 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     else:
         logger.error("HTTP %d raised by the framework: %s", exc.status_code, exc.detail)
         error = InternalError("tokenrelay failed to handle the request")
-    response = _respond(request, error)
-    if isinstance(exc, MethodNotAllowedException) and exc.headers:
-        response.headers.update(exc.headers)
-    return response
+    return error
 
 
-def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _respond(request, InternalError("tokenrelay failed to handle the request"))
+def error_reply(error: ProxyError, request_id: str) -> Reply:
+    """`error` as a raw ASGI answer, for what is served outside Litestar (`app.hot_routes`)."""
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in error.response_headers().items()]
+    return Reply.json_bytes(error.status, error_body(error, request_id), headers)
 
 
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    ProxyError: _proxy_error,
-    HTTPException: _http_exception,
-    Exception: _unexpected,
-}
+def _respond(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    error = client_error(exc, request.method, request.url.path)
+    return Response(
+        content=error_body(error, request_id_of(request.scope)),
+        status_code=error.status,
+        media_type=MediaType.JSON,
+        headers=error.response_headers(),
+    )
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: _respond}

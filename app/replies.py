@@ -26,7 +26,12 @@ class Reply:
 
     @classmethod
     def json(cls, status: int, data: object, headers: Iterable[tuple[bytes, bytes]] = ()) -> Reply:
-        return cls(status, [(b"content-type", b"application/json"), *headers], msgspec.json.encode(data))
+        return cls.json_bytes(status, msgspec.json.encode(data), headers)
+
+    @classmethod
+    def json_bytes(cls, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> Reply:
+        length = str(len(body)).encode()
+        return cls(status, [(b"content-type", b"application/json"), (b"content-length", length), *headers], body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
