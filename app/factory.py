@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from functools import partial
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
@@ -18,6 +19,7 @@ from app.backends.redis import RedisBackend
 from app.backends.redis_log import RedisLogStore
 from app.chat_service import ChatService
 from app.error_handlers import EXCEPTION_HANDLERS
+from app.hot_routes import HotRoutes
 from app.limits import Limiter
 from app.log_flusher import LogFlusher
 from app.logs import configure_logging
@@ -28,9 +30,9 @@ from app.resumable import StreamLogs
 from app.resume import ResumeService
 from app.routes.admin import admin_get_stream, admin_list_streams, admin_replica, admin_stop_stream
 from app.routes.auth import close_session, open_session
-from app.routes.chat import chat_stream_get, chat_stream_post
+from app.routes.chat import chat_stream_get, chat_stream_post, open_chat_stream
 from app.routes.health import healthz, readyz
-from app.routes.openai import chat_completions, list_models
+from app.routes.openai import chat_completions, list_models, open_chat_completion
 from app.routes.streams import create_stream, stop_own_stream, watch_stream
 from app.session_store import BoundedMemoryStore
 from app.sessions import SKIP_SESSION, SessionReader
@@ -38,6 +40,7 @@ from app.settings import AuthSettings, Settings, load_settings
 from app.shutdown import ShutdownDrain
 from middleware.access import AccessPolicyMiddleware
 from middleware.auth import Authenticator
+from middleware.cors import CorsHeaders
 from middleware.edge import EdgeMiddleware
 from middleware.security_headers import SecurityHeaders
 from providers.registry import ProviderRegistry
@@ -160,8 +163,16 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,
     )
     # Litestar runs its middleware only on matched routes; wrapping the handler covers 404 and 405 too.
-    access = AccessPolicyMiddleware(
+    hot_routes = HotRoutes(
         app.asgi_handler,
+        {
+            "/v1/chat/completions": partial(open_chat_completion, chat_service),
+            "/chat/stream": partial(open_chat_stream, chat_service),
+        },
+        CorsHeaders(cors_config) if cors_config else None,
+    )
+    access = AccessPolicyMiddleware(
+        hot_routes,
         loopback_only=not settings.auth.keys and not settings.auth.open,
         allowed_origins=settings.security.cors.allow_origins,
         trusted_proxies=settings.limits.trusted_proxies,

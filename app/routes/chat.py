@@ -41,6 +41,11 @@ async def chat_stream_post(
     request: Request[Any, Any, Any],
     chat_service: NamedDependency[ChatService],
 ) -> ASGIApp:
+    return await open_chat_stream(chat_service, request)
+
+
+async def open_chat_stream(chat_service: ChatService, request: Request[Any, Any, Any]) -> ASGIApp:
+    """The POST route's work, also served outside Litestar (`app.hot_routes`)."""
     caller = await chat_service.caller(request)
     chat = parse_json_body(await chat_service.read_body(request), request.headers.get("content-type"))
     if not chat.resumable:

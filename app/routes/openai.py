@@ -19,6 +19,11 @@ async def chat_completions(
     request: Request[Any, Any, Any],
     chat_service: NamedDependency[ChatService],
 ) -> ASGIApp:
+    return await open_chat_completion(chat_service, request)
+
+
+async def open_chat_completion(chat_service: ChatService, request: Request[Any, Any, Any]) -> ASGIApp:
+    """The route's work, also served outside Litestar (`app.hot_routes`)."""
     caller = await chat_service.caller(request)
     chat = parse_chat_completion(await chat_service.read_body(request), request.headers.get("content-type"))
     return await chat_service.open_completion(chat, request_id_of(request.scope), caller)

@@ -102,6 +102,28 @@ async def test_cors_headers_on_a_stream_expose_what_browser_code_reads(base: str
     assert {"x-request-id", "x-ratelimit-remaining", "retry-after"} <= exposed
 
 
+@pytest.mark.parametrize("cookie", [False, True], ids=["no cookie", "cookie"])
+async def test_the_hot_routes_carry_the_same_cors_headers_as_litestars_routes(base: str, cookie: bool) -> None:
+    """The two POST stream routes are served outside Litestar (`app.hot_routes`); their CORS headers, on answers
+    and on errors, must be the ones Litestar's CORS layer puts on every other route."""
+    headers = {"Origin": ORIGIN, **({"Cookie": "unrelated=1"} if cookie else {})}
+    async with httpx.AsyncClient(timeout=10) as client:
+        routed = await client.get(f"{base}/v1/models", headers=headers)
+        answers = [
+            await client.post(f"{base}/chat/stream", json={"prompt": "hi"}, headers=headers),
+            await client.post(f"{base}/chat/stream", json={"prompt": ""}, headers=headers),
+            await client.post(f"{base}/v1/chat/completions", json={"model": "nope", "messages": []}, headers=headers),
+        ]
+
+    def cors(response: httpx.Response) -> dict[str, str]:
+        return {k: v for k, v in response.headers.items() if k.startswith("access-control-") or k == "vary"}
+
+    assert cors(routed)["access-control-allow-origin"] == ORIGIN
+    assert [a.status_code for a in answers] == [200, 422, 422]
+    for answer in answers:
+        assert cors(answer) == cors(routed)
+
+
 async def test_no_cors_unless_configured() -> None:
     with running_proxy(proxy_settings()) as url:
         async with httpx.AsyncClient(timeout=10) as client:
