@@ -20,8 +20,9 @@ MIN_SECRET_LENGTH = 6
 
 _CREDENTIAL_SHAPES = re.compile(
     r"""(?ix)
-    # x-api-key: <key>, "authorization": "Bearer <key>", api_key=<key> (the label stays, the value goes)
-    (?P<name>\b(?:x-api-key|api[-_]?key|access[-_]?token|authorization|password|secret)["']?\s*[:=]\s*["']?)
+    # x-api-key: <key>, "authorization": "Bearer <key>", api_key=<key>, client_secret=<key> (the label stays, the
+    # value goes)
+    (?P<name>\b(?:\w*[-_])?(?:x-api-key|api[-_]?key|access[-_]?token|authorization|password|secret)["']?\s*[:=]\s*["']?)
         (?!(?:bearer\s+)?\[redacted\])(?P<bearer>bearer\s+)?[^\s"',;)}\]]+
     # Bearer <token>
     | (?P<scheme>\bbearer\s+)(?!\[redacted\])[^\s"',;)}\]]+
@@ -32,7 +33,24 @@ _CREDENTIAL_SHAPES = re.compile(
 # Every credential shape above contains one of these (lower-cased): an ASCII text with none of them, which is most
 # log lines, skips the pattern, by far the costliest part of writing a line. Text that is not ASCII always takes
 # the pattern: case-insensitive matching equates a few non-ASCII letters with ASCII ones (K, the Kelvin sign, is k).
-_SHAPE_WORDS = ("api", "access", "authorization", "password", "secret", "bearer", "k-")
+# Spelled out whole ("access-token", not "access"): every access line holds "tokenrelay.access", and a bare "access"
+# sent each one through the pattern (17 µs a line, against 3 µs).
+_SHAPE_WORDS = (
+    "api-key",
+    "api_key",
+    "apikey",
+    "access-token",
+    "access_token",
+    "accesstoken",
+    "authorization",
+    "password",
+    "secret",
+    "bearer",
+    "k-",
+)
+# Up to this many configured secrets, looking for each with `in` before running their pattern is cheaper than the
+# pattern alone (an alternation, tried at every position of the line).
+_FEW_SECRETS = 16
 
 
 class Redactor:
@@ -42,13 +60,14 @@ class Redactor:
         self._secrets = (
             re.compile("|".join(re.escape(s) for s in sorted(found, key=len, reverse=True))) if found else None
         )
+        self._few = tuple(found) if len(found) <= _FEW_SECRETS else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Redactor:
         return cls(configured_secrets(settings))
 
     def clean(self, text: str) -> str:
-        if self._secrets is not None:
+        if self._secrets is not None and (self._few is None or any(secret in text for secret in self._few)):
             text = self._secrets.sub(REDACTED, text)
         if text.isascii():
             lowered = text.lower()

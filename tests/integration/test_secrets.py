@@ -94,6 +94,13 @@ async def test_an_upstream_quoting_credentials_leaks_nothing(
         ("api_key=abcdefghijkl&x=1", "api_key="),
         ("you sent sk-ant-api03-abcdefghijkl", "you sent "),
         ("bearer abcdefghijkl", "bearer "),
+        ("access-token: abcdefghijkl", "access-token: "),
+        ("access_token=abcdefghijkl", "access_token="),
+        ("accesstoken=abcdefghijkl", "accesstoken="),
+        ("apikey=abcdefghijkl", "apikey="),
+        ("api-key: abcdefghijkl", "api-key: "),
+        ("password: abcdefghijkl", "password: "),
+        ("client_secret=abcdefghijkl", "client_secret="),
     ],
 )
 def test_credential_shaped_text_is_redacted(text: str, kept: str) -> None:
@@ -130,3 +137,14 @@ def test_configured_secrets_are_redacted_whatever_their_shape() -> None:
     redactor = Redactor.from_settings(settings)
     text = "k9-plain-value header-secret-77 url-password-123 redis-password-5"
     assert redactor.clean(text) == " ".join([REDACTED] * 4)
+
+
+@pytest.mark.parametrize("count", [1, 3, 40], ids=lambda n: f"{n} secrets")
+def test_every_configured_secret_is_redacted_however_many_there_are(count: int) -> None:
+    secrets = [f"team-{i:03d}-key-value" for i in range(count)]
+    redactor = Redactor(secrets)
+    for secret in secrets:
+        assert redactor.clean(f"ok {secret}, twice {secret}") == f"ok {REDACTED}, twice {REDACTED}"
+    assert redactor.clean('an access line: 127.0.0.1 - "POST /v1 HTTP/1.1" 200') == (
+        'an access line: 127.0.0.1 - "POST /v1 HTTP/1.1" 200'
+    )
