@@ -20,10 +20,41 @@ NOTIFY_DISCONNECT = "tokenrelay.notify_disconnect"
 Notify = Callable[[Callable[[], None], bool], None]
 
 
+class ConnectionLoss:
+    """A connection's side of `Notify`, put in each of its requests' scopes by the server.
+
+    It holds nothing of the connection: a bound method of the protocol would close a cycle (protocol, scope,
+    method, protocol) that kept every request's objects alive until the garbage collector came by.
+    """
+
+    __slots__ = ("_loop", "_lost", "_on_lost")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lost = False
+        self._on_lost: Callable[[], None] | None = None
+
+    def __call__(self, on_lost: Callable[[], None], wanted: bool) -> None:
+        if not wanted:
+            if self._on_lost is on_lost:
+                self._on_lost = None
+        elif self._lost:
+            self._loop.call_soon(on_lost)
+        else:
+            self._on_lost = on_lost
+
+    def lost(self) -> None:
+        """The connection is gone: tells the callback asked for, if any, and any asked for later."""
+        self._lost = True
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+
 class DisconnectWatch:
     """Calls `on_left` once if the client leaves before `close()`, and never after it; `left` tells whether it did."""
 
-    __slots__ = ("_closed", "_left", "_notify", "_on_left", "_task", "left")
+    __slots__ = ("_closed", "_notify", "_on_left", "_task", "left")
 
     def __init__(self, scope: Scope, receive: Receive, on_left: Callable[[], object]) -> None:
         notify: Notify | None = scope.get(NOTIFY_DISCONNECT)  # type: ignore[assignment]
@@ -31,14 +62,15 @@ class DisconnectWatch:
         self._on_left = on_left
         self._closed = False
         self.left = False
-        self._left = self._client_left  # one bound method: `Notify` takes back the very object it was given
         self._task: asyncio.Task[None] | None = None
         if notify is not None:
-            notify(self._left, True)
+            notify(self, True)
         else:
-            self._task = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive, self._left))
+            self._task = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive, self))
 
-    def _client_left(self) -> None:
+    def __call__(self) -> None:
+        """The client left. The watch is its own callback: `Notify` takes back the very object it was given, and
+        a bound method kept for that would be a reference cycle (the watch, its method, the watch)."""
         if not self._closed:
             self._closed = True
             self.left = True
@@ -47,7 +79,7 @@ class DisconnectWatch:
     def close(self) -> None:
         self._closed = True
         if self._notify is not None:
-            self._notify(self._left, False)
+            self._notify(self, False)
             self._notify = None
         if self._task is not None:
             self._task.cancel()

@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import resource
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
-from app.disconnect import NOTIFY_DISCONNECT
+from app.disconnect import NOTIFY_DISCONNECT, ConnectionLoss
 from app.factory import create_server_app
 from app.settings import Settings
 
@@ -51,11 +50,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     connection's loss told to the app through a callback (`app/disconnect.py`)."""
 
     _header_deadline: asyncio.TimerHandle | None = None
-    _on_lost: Callable[[], None] | None = None
-    _lost = False
+    _loss: ConnectionLoss | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._loss = ConnectionLoss(self.loop)
         self._arm()
         self._idle(True)
         budget = getattr(self.config, "connection_budget", 0)
@@ -71,16 +70,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._idle(False)
         super().on_headers_complete()
-        self.scope[NOTIFY_DISCONNECT] = self._notify_disconnect  # type: ignore[literal-required]
-
-    def _notify_disconnect(self, on_lost: Callable[[], None], wanted: bool) -> None:
-        if not wanted:
-            if self._on_lost is on_lost:
-                self._on_lost = None
-        elif self._lost:
-            self.loop.call_soon(on_lost)
-        else:
-            self._on_lost = on_lost
+        self.scope[NOTIFY_DISCONNECT] = self._loss  # type: ignore[literal-required]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -90,11 +80,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._idle(False)
-        self._lost = True
         super().connection_lost(exc)
-        on_lost, self._on_lost = self._on_lost, None
-        if on_lost is not None:
-            on_lost()
+        if self._loss is not None:
+            self._loss.lost()
 
     def _idle(self, idle: bool) -> None:
         waiting: dict[GuardedHttpToolsProtocol, None] | None = getattr(self.config, "between_requests", None)
