@@ -34,6 +34,10 @@ _TIMED_OUT = (
 )
 
 
+# With no hard limit, Linux still caps a process at fs.nr_open (1,048,576 by default).
+_FILE_LIMIT_WITHOUT_HARD = 1 << 20
+
+
 class ServerConfig(uvicorn.Config):
     """uvicorn's configuration plus tokenrelay's own limits (it is pickled into each worker process)."""
 
@@ -153,8 +157,24 @@ def connection_budget() -> int:
     return max(16, soft * 3 // 4 - 32)
 
 
+def raise_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit, as Go's runtime does at every start: each
+    open stream holds two descriptors, and the usual soft limit of 1,024 would cap a replica at a few hundred
+    streams whatever its memory. Worker processes inherit it. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, _FILE_LIMIT_WITHOUT_HARD)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            return soft
+        return wanted
+    return soft
+
+
 def serve(settings: Settings) -> None:
     """Run the server in this process (one worker) or in `server.workers` worker processes, until stopped."""
+    raise_file_limit()
     if settings.server.workers > 1:
         # Each worker builds its own app from the same configuration file (a factory, by import path).
         config = server_config(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 from pathlib import Path
 
@@ -75,3 +76,20 @@ def test_version() -> None:
     )
     assert result.returncode == 0
     assert re.fullmatch(r"tokenrelay \d+\.\d+\.\d+\n", result.stdout), result.stdout
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    """Each open stream holds two descriptors: a soft limit of 1,024 would cap a replica at a few hundred."""
+    config = tmp_path / "config.yaml"
+    config.write_text(ECHO)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256
+
+    def lower_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    with served(config, preexec_fn=lower_soft_limit) as proxy:
+        limits = Path(f"/proc/{proxy.process.pid}/limits").read_text()
+    soft = int(next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3])
+    expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    assert soft == expected > low
