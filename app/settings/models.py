@@ -225,7 +225,9 @@ class _HttpProviderSettings(_Frozen):
     base_url: str = Field(pattern=r"^https?://")
     api_key: SecretStr | None = None
     timeouts: Timeouts = Timeouts()
-    max_connections: int = Field(default=4096, ge=1)
+    # One connection per open stream: a cap below what the process can hold (its file descriptors) would queue
+    # streams behind it and fail them after `timeouts.pool`. Set it lower to spare an upstream.
+    max_connections: int = Field(default=65536, ge=1, description="upstream connections open at once, at most")
     keepalive_expiry_seconds: float = Field(default=15, gt=0, description="an idle upstream connection is closed after")
     http_client: Literal["httptools", "aiohttp", "httpx", "httpx-aiohttp"] = "httptools"
     headers: dict[str, str] = Field(default_factory=dict)
