@@ -19,6 +19,7 @@ from app.disconnect import DisconnectWatch
 from app.streams import StreamRun
 from bench.fake_upstream import FakeUpstream
 from tests.support.logs import RecordCollector
+from tests.support.redis_server import RedisServer
 from tests.support.servers import proxy_settings, running_proxy
 
 pytestmark = pytest.mark.anyio
@@ -34,11 +35,13 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
 @pytest.mark.usefixtures("collector_off")
 async def test_finished_streams_are_freed_without_the_garbage_collector(
-    upstream: FakeUpstream, logs: RecordCollector
+    upstream: FakeUpstream, logs: RecordCollector, redis_server: RedisServer, backend: str
 ) -> None:
-    with running_proxy(proxy_settings(upstream, "gen?n=3")) as base:
+    redis_url = redis_server.url if backend == "redis" else ""
+    with running_proxy(proxy_settings(upstream, "gen?n=3", redis_url=redis_url)) as base:
         async with httpx.AsyncClient(timeout=10) as client:
             for _ in range(3):
                 chat = await client.post(f"{base}/chat/stream", json={"prompt": "hi", "model": "gen?n=3"})
