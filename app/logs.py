@@ -110,6 +110,12 @@ class BatchingHandler(logging.Handler):
 
 
 def configure_logging(redactor: Redactor, level: str = "INFO") -> None:
+    # Fields the format never shows are not gathered for each record (the Logging HOWTO's "Optimization"): the
+    # caller's file and line (a walk up the stack), the thread, the process. Two records a request: ~2 µs each.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     formatter = RedactingFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", redactor)
     handler = BatchingHandler(sys.stderr, formatter)
     handler.addFilter(RequestIdFilter())
