@@ -127,6 +127,12 @@ class RemoteWatcher:
                 return
             keepalive.start()
             await self._follow(send, keepalive)
+            if self._stopping:
+                # The shutdown's cancellation was swallowed in a blocking read of the Redis client (redis-py
+                # returns from an XREAD cancelled at the wrong moment, seen 1 run in 7): `_follow` saw the flag.
+                if task.cancelling():
+                    task.uncancel()
+                await _hand_on(send, self._dialect)
         except asyncio.CancelledError:
             if not (disconnect.left or self._stopping):
                 raise
@@ -151,7 +157,7 @@ class RemoteWatcher:
         cursor = entries[-1].entry_id if entries else f"0-{max(after, 0)}"
         watching_until = 0.0
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             parts = []
             terminal = False
             for entry in entries:
