@@ -126,13 +126,14 @@ class RemoteWatcher:
                 await _hand_on(send, self._dialect)
                 return
             keepalive.start()
-            await self._follow(send, keepalive)
-            if self._stopping:
-                # The shutdown's cancellation was swallowed in a blocking read of the Redis client (redis-py
-                # returns from an XREAD cancelled at the wrong moment, seen 1 run in 7): `_follow` saw the flag.
+            await self._follow(send, keepalive, disconnect)
+            if self._stopping or disconnect.left:
+                # The cancellation was swallowed in a blocking read of the Redis client (redis-py returned from an
+                # XREAD cancelled at the wrong moment, seen 1 shutdown in 7): `_follow` saw the flags instead.
                 if task.cancelling():
                     task.uncancel()
-                await _hand_on(send, self._dialect)
+                if not disconnect.left:
+                    await _hand_on(send, self._dialect)
         except asyncio.CancelledError:
             if not (disconnect.left or self._stopping):
                 raise
@@ -150,14 +151,14 @@ class RemoteWatcher:
             self._stopping = True
             self._task.cancel()
 
-    async def _follow(self, send: Send, keepalive: KeepAlive) -> None:
+    async def _follow(self, send: Send, keepalive: KeepAlive, disconnect: DisconnectWatch) -> None:
         stream_id, after, entries = self._point.stream_id, self._point.seq, self._entries
         # Read on from the entry that may end with the client's own last frame (its id is that seq + 1): a
         # client can hold frames the log has yet to get, up to the ending itself.
         cursor = entries[-1].entry_id if entries else f"0-{max(after, 0)}"
         watching_until = 0.0
         loop = asyncio.get_running_loop()
-        while not self._stopping:
+        while not (self._stopping or disconnect.left):
             parts = []
             terminal = False
             for entry in entries:
