@@ -62,6 +62,7 @@ _RESUMABLE_BODY = b'{"model":"{model}","messages":[{"role":"user","content":"hi"
 
 def judge(out: Figures, open_count: int) -> None:
     v = out.values
+    direct_jitter = v["ttft_c32_direct_p99_ms"] - v["ttft_c32_direct_p50_ms"]
     for name in TOKENRELAYS:
         for scenario in ("burst",):
             to_direct, to_floor = v[f"{scenario}_{name}_to_direct"], v[f"{scenario}_{name}_to_floor"]
@@ -76,7 +77,13 @@ def judge(out: Figures, open_count: int) -> None:
         c1 = v[f"ttft_c1_{name}_p50_overhead_ms"] - v["ttft_c1_floor_p50_overhead_ms"]
         out.goal(c1 <= 0.3, f"{name}: TTFT p50 overhead at c=1 {c1:+.2f} ms beyond the floor's (<= 0.3)")
         c32 = v[f"ttft_c32_{name}_p99_overhead_ms"]
-        out.goal(c32 <= 5, f"{name}: TTFT p99 overhead at c=32 {c32:+.2f} ms (<= 5)")
+        if direct_jitter > 5:
+            # A p99 overhead is a difference of two tails: with direct's own tail wider than the tolerance, it
+            # can come out negative and pass whatever the relay did.
+            out.goal(False, f"{name}: TTFT p99 overhead at c=32 not judged: direct's p99 is {direct_jitter:.1f} ms "
+                     "over its p50 in this run (rerun on a quieter machine)")  # fmt: skip
+        else:
+            out.goal(c32 <= 5, f"{name}: TTFT p99 overhead at c=32 {c32:+.2f} ms (<= 5)")
     for name in ("v1", "v1-redis"):
         key = f"open{open_count}_{name}"
         errors, p99 = v[f"{key}_errors"], v[f"{key}_ttft_p99_ms"]
