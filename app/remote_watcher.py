@@ -126,8 +126,7 @@ class RemoteWatcher:
                 await _hand_on(send, self._dialect)
                 return
             keepalive.start()
-            await self._follow(send, keepalive, disconnect)
-            if self._stopping or disconnect.left:
+            if not await self._follow(send, keepalive, disconnect):
                 # The cancellation was swallowed in a blocking read of the Redis client (redis-py returned from an
                 # XREAD cancelled at the wrong moment, seen 1 shutdown in 7): `_follow` saw the flags instead.
                 if task.cancelling():
@@ -151,7 +150,9 @@ class RemoteWatcher:
             self._stopping = True
             self._task.cancel()
 
-    async def _follow(self, send: Send, keepalive: KeepAlive, disconnect: DisconnectWatch) -> None:
+    async def _follow(self, send: Send, keepalive: KeepAlive, disconnect: DisconnectWatch) -> bool:
+        """Relay the log until the response ends (True), or until a shutdown or the client's leaving stops it
+        (False: the response is still open)."""
         stream_id, after, entries = self._point.stream_id, self._point.seq, self._entries
         # Read on from the entry that may end with the client's own last frame (its id is that seq + 1): a
         # client can hold frames the log has yet to get, up to the ending itself.
@@ -181,7 +182,7 @@ class RemoteWatcher:
                 keepalive.wrote()
                 await send({"type": "http.response.body", "body": body, "more_body": not terminal})
             if terminal:
-                return
+                return True
             try:
                 if loop.time() >= watching_until:
                     watching_until = loop.time() + BLOCK_MS / 1000
@@ -193,7 +194,7 @@ class RemoteWatcher:
                     entries, ending = await self._ending(after)
                     if ending is not None:
                         await send({"type": "http.response.body", "body": ending, "more_body": False})
-                        return
+                        return True
             except (RedisError, BackendUnavailable) as exc:
                 logger.warning("stream %s: the stream store failed under a watcher: %s", stream_id, exc)
                 await send(
@@ -203,7 +204,8 @@ class RemoteWatcher:
                         "more_body": False,
                     }
                 )
-                return
+                return True
+        return False
 
     async def _ending(self, after: int) -> tuple[list[LogEntry], bytes | None]:
         """After a blocking read found nothing: entries to send (none: read on), or the last bytes of a response
