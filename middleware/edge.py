@@ -22,6 +22,7 @@ import uuid
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.error_handlers import client_error, error_reply
 from app.request_context import REQUEST_ID, set_request_id
 from middleware.correlation import incoming_request_id
 from middleware.security_headers import SecurityHeaders
@@ -57,9 +58,13 @@ class EdgeMiddleware:
         token = REQUEST_ID.set(request_id)
         try:
             await self._app(scope, receive, send_at_edge)
-        except Exception:
-            status = status or 500  # what the server answers for an app that raised before its response
-            raise
+        except Exception as exc:
+            if status:
+                raise  # the response has started: only closing the connection is left (uvicorn does)
+            # Nothing was answered yet: the client gets the one error JSON, not the server's plain-text 500.
+            error = client_error(exc, scope["method"], scope["path"])  # logs what was unexpected
+            status = error.status
+            await error_reply(error, request_id)(scope, receive, send_at_edge)
         finally:
             client = scope.get("client")
             access_logger.info(
