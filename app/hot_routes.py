@@ -11,6 +11,7 @@ goes on to Litestar, where these routes stay registered.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -37,13 +38,14 @@ class HotRoutes:
         route = (
             self._routes.get(scope["path"]) if scope["type"] == ScopeType.HTTP and scope["method"] == "POST" else None
         )
-        if route is None:
+        origin, has_cookie, host_ok = _read_headers(scope) if route is not None else (None, False, True)
+        if route is None or not host_ok:
+            # Litestar answers the rest: every other route, a path with a trailing slash or under a root path,
+            # and a malformed Host (its router's 400).
             await self._app(scope, receive, send)
             return
-        if self._cors is not None:
-            origin, has_cookie = _origin_and_cookie(scope)
-            if origin is not None:
-                send = self._cors.wrap(send, origin, has_cookie=has_cookie)
+        if self._cors is not None and origin:
+            send = self._cors.wrap(send, origin, has_cookie=has_cookie)
         request: Request[Any, Any, Any] = Request(scope, receive, send)
         try:
             reply = await route(request)
@@ -52,12 +54,21 @@ class HotRoutes:
         await reply(scope, receive, send)
 
 
-def _origin_and_cookie(scope: Scope) -> tuple[str | None, bool]:
+# What Litestar's router accepts in a Host header (RFC 3986's reg-name, IP literals and a port).
+_VALID_HOST = re.compile(rb"\A[0-9A-Za-z!$&'()*+,;=\-._~:\[\]@%]*\Z")
+
+
+def _read_headers(scope: Scope) -> tuple[str | None, bool, bool]:
+    """The first Origin (as the access policy reads it), whether a cookie came, whether the Host is well formed."""
     origin: str | None = None
     has_cookie = False
+    host_ok = True
     for name, value in scope["headers"]:
         if name == b"origin":
-            origin = value.decode("latin-1")
+            if origin is None:
+                origin = value.decode("latin-1")
         elif name == b"cookie":
             has_cookie = True
-    return origin, has_cookie
+        elif name == b"host":
+            host_ok = host_ok and _VALID_HOST.match(value) is not None
+    return origin, has_cookie, host_ok

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
 
@@ -122,6 +124,38 @@ async def test_the_hot_routes_carry_the_same_cors_headers_as_litestars_routes(ba
     assert [a.status_code for a in answers] == [200, 422, 422]
     for answer in answers:
         assert cors(answer) == cors(routed)
+
+
+async def test_an_empty_origin_gets_the_same_cors_answer_on_both_kinds_of_route(base: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        routed = await client.get(f"{base}/v1/models", headers={"Origin": ""})
+        hot = await client.post(f"{base}/chat/stream", json={"prompt": "hi"}, headers={"Origin": ""})
+    assert routed.status_code == hot.status_code  # the access policy's answer to an origin it cannot match
+    assert "access-control-allow-origin" not in routed.headers
+    assert "access-control-allow-origin" not in hot.headers
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/chat/stream"), ("POST", "/v1/chat/completions")])
+async def test_a_malformed_host_is_a_400_on_the_hot_routes_too(base: str, method: str, path: str) -> None:
+    port = int(base.rsplit(":", 1)[1])
+    body = b'{"prompt": "hi"}'
+    request = (
+        f"{method} {path} HTTP/1.1\r\nhost: bad<host>\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+    reply = await anyio.to_thread.run_sync(_exchange, port, request)
+    head, _, answer = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b'"invalid_request"' in answer
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
 
 
 async def test_no_cors_unless_configured() -> None:
