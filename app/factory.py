@@ -165,7 +165,7 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=None,
         logging_config=None,
     )
-    # Litestar runs its middleware only on matched routes; wrapping the handler covers 404 and 405 too.
+    # The stream routes every token goes through, served before Litestar routes anything (app/hot_routes.py).
     hot_routes = HotRoutes(
         app.asgi_handler,
         {
@@ -174,6 +174,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         CorsHeaders(cors_config) if cors_config else None,
     )
+    # Litestar runs its middleware only on matched routes; wrapping the handler covers 404 and 405 too.
     access = AccessPolicyMiddleware(
         hot_routes,
         loopback_only=not settings.auth.keys and not settings.auth.open,

@@ -25,7 +25,7 @@ async def read_body(connection: ASGIConnection[Any, Any, Any, Any], *, max_bytes
     arrived within `seconds` (a stalled or trickling upload would otherwise hold its connection and its task for
     ever). A client gone before its body was whole raises `ClientClosed`: there is no one left to answer."""
     declared = connection.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise RequestTooLarge("the request body is larger than this server accepts")
     receive = connection.receive
     chunks: list[bytes] = []

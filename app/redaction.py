@@ -23,8 +23,8 @@ _CREDENTIAL_SHAPES = re.compile(
     # x-api-key: <key>, "authorization": "Bearer <key>", api_key=<key>, client_secret=<key> (the label stays, the
     # value goes)
     (?P<name>\b(?:\w*[-_])?(?:x-api-key|api[-_]?key|access[-_]?token|authorization|password|secret)["']?\s*[:=]\s*["']?)
-        (?!(?:bearer\s+)?\[redacted\])(?P<bearer>bearer\s+)?[^\s"',;)}\]]+
-    # Bearer <token>
+        (?!(?:(?:bearer|basic)\s+)?\[redacted\])(?P<bearer>(?:bearer|basic)\s+)?[^\s"',;)}\]]+
+    # Bearer <token> (a bare "Basic <word>" is too often English: Basic is redacted after a label only)
     | (?P<scheme>\bbearer\s+)(?!\[redacted\])[^\s"',;)}\]]+
     # sk-..., sk-ant-..., sk-proj-... (OpenAI, Anthropic and many others)
     | \b(?:sk|pk|rk)-[A-Za-z0-9_\-]{6,}

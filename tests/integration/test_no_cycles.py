@@ -51,7 +51,14 @@ async def test_finished_streams_are_freed_without_the_garbage_collector(
                 )
                 assert chat.status_code == v1.status_code == 200
                 assert b"[DONE]" in v1.content
+                # and the answers before a stream: a body refused, a model not found
+                refused = await client.post(f"{base}/chat/stream", json={"prompt": ""})
+                unknown = await client.post(
+                    f"{base}/v1/chat/completions",
+                    json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+                )
+                assert (refused.status_code, unknown.status_code) == (422, 404)
         # A request's objects are released when its handler returns, just before its access line is written.
-        await logs.wait_for(lambda seen: sum(" 200 " in m and "POST" in m for m in seen) >= 6)
+        await logs.wait_for(lambda seen: sum('HTTP/1.1" ' in m and "POST" in m for m in seen) >= 12)
         left = [o for o in gc.get_objects() if isinstance(o, StreamRun | DisconnectWatch)]
     assert left == [], f"{len(left)} objects of finished requests wait for the collector: {left[:3]}"

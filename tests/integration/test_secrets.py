@@ -101,6 +101,7 @@ async def test_an_upstream_quoting_credentials_leaks_nothing(
         ("api-key: abcdefghijkl", "api-key: "),
         ("password: abcdefghijkl", "password: "),
         ("client_secret=abcdefghijkl", "client_secret="),
+        ("Authorization: Basic abcdefghijkl", "Authorization: Basic "),
     ],
 )
 def test_credential_shaped_text_is_redacted(text: str, kept: str) -> None:
