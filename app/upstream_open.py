@@ -8,7 +8,8 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
+
+import msgspec
 
 from app.errors import ProxyError, UpstreamError
 from providers.base import ChatRequest, Delta
@@ -53,7 +54,9 @@ class UpstreamOpening:
         policy = self._policy
         error: ProxyError = UpstreamError("the model has no targets")
         for target in self._route.targets:
-            attempt_request = replace(self._request, model=target.upstream_model, timeouts=target.timeouts)
+            attempt_request = msgspec.structs.replace(
+                self._request, model=target.upstream_model, timeouts=target.timeouts
+            )
             for attempt in range(policy.attempts_per_target):
                 response = target.provider.stream(attempt_request)
                 try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -55,12 +55,14 @@ class Message:
         return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
 
 
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
+class ChatRequest(msgspec.Struct, frozen=True):
     """A chat request as providers see it: `model` is already the upstream's own model name.
 
     `tools` are OpenAI function-tool definitions; `extra` holds further OpenAI request fields that an
     OpenAI-compatible upstream receives unchanged (other providers use what they can translate).
+
+    A Struct, not a dataclass: each upstream attempt copies it with the target's model (`msgspec.structs.replace`),
+    and `dataclasses.replace` of a frozen dataclass was 2 % of a request's CPU.
     """
 
     model: str
@@ -72,7 +74,7 @@ class ChatRequest:
     stop: tuple[str, ...] | None = None
     tools: tuple[Mapping[str, Any], ...] = ()
     tool_choice: Any = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = msgspec.field(default_factory=dict)
     timeouts: UpstreamTimeouts | None = None
 
 
