@@ -58,6 +58,10 @@ class Admission:
         self._closed = False
         self._opened = time.monotonic()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self, used_tokens: int) -> None:
         if self._closed:
             return

@@ -192,12 +192,12 @@ class StreamRun:
                 principal=principal,
                 model=self._route.public_model,
             )
-            if self._admission is not None:
+            if self._admission is None:
+                self._registry.discard(self.stream_id)
+            elif not self._admission.closed:  # a stream without a log closed it before its terminal frame
                 # Shielded: a second cancellation (server shutdown) must not stop the lease's release half-way.
                 # Closing also takes the stream out of the registry, and its record out of the store.
                 await asyncio.shield(self._release(self._admission))
-            else:
-                self._registry.discard(self.stream_id)
 
     async def _release(self, admission: Admission) -> None:
         if self.log is not None:
