@@ -140,6 +140,8 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> ServerConfi
         "timeout_graceful_shutdown": 1,
         # X-Forwarded-For is judged by limits.trusted_proxies alone; uvicorn would otherwise trust 127.0.0.1.
         "proxy_headers": False,
+        # `server: uvicorn` tells a scanner what to try, and is one more header on every stream's first write.
+        "server_header": False,
     }
     return ServerConfig(
         app,

@@ -55,6 +55,7 @@ async def test_security_headers_and_request_id_on_every_response(base: str, case
         assert response.headers.get(name) == value, name
     assert len(response.headers["x-request-id"]) == 32
     assert "content-encoding" not in response.headers
+    assert "server" not in response.headers  # no advertising of what runs here
     if case == "stream 200":
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
 
