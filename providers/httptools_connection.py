@@ -242,18 +242,8 @@ class Response:
     def header(self, name: str) -> str | None:
         return self._connection.headers.get(name.lower())
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        connection, timeout = self._connection, self._read_timeout
-        while True:
-            try:
-                chunk = await connection.next_chunk(timeout)
-            except TimeoutError:
-                raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
-            except (OSError, httptools.HttpParserError) as exc:
-                raise UpstreamError(f"the upstream cut the response off: {exc}") from exc
-            if not chunk:
-                return
-            yield chunk
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _Chunks(self._connection, self._read_timeout)
 
     def end(self) -> None:
         self.ended = True
@@ -265,3 +255,30 @@ class Response:
             if len(body) >= limit:
                 break
         return body[:limit]
+
+
+class _Chunks:
+    """The body's chunks as they come. An iterator object, not an async generator: a generator left before its
+    end (the relay stops at `[DONE]`, before the body's terminating chunk) is finalized by the event loop's
+    async-generator hook, which schedules its `aclose()` as a task of its own through `call_soon_threadsafe`:
+    a wake-up write, a task and a loop turn per request."""
+
+    __slots__ = ("_connection", "_timeout")
+
+    def __init__(self, connection: Connection, timeout: float) -> None:
+        self._connection = connection
+        self._timeout = timeout
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._connection.next_chunk(self._timeout)
+        except TimeoutError:
+            raise UpstreamTimeout("the upstream went silent for longer than the read timeout") from None
+        except (OSError, httptools.HttpParserError) as exc:
+            raise UpstreamError(f"the upstream cut the response off: {exc}") from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
