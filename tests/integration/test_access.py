@@ -4,7 +4,6 @@ and a logout that really ends the cookie."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,7 @@ from app.errors import Forbidden, error_body
 from app.settings import Settings
 from bench.fake_upstream import FakeUpstream
 from middleware.access import PROTECTED_MODE_MESSAGE, AccessPolicyMiddleware
-from tests.support.servers import proxy_settings, running_proxy
+from tests.support.servers import proxy_settings, raw_exchange, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -196,7 +195,7 @@ async def test_a_stalled_body_is_cut_with_408() -> None:
     with running_proxy(settings) as base:
         port = int(base.rsplit(":", 1)[1])
         reply = await anyio.to_thread.run_sync(
-            _raw_exchange,
+            raw_exchange,
             port,
             b"POST /chat/stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
         )
@@ -212,20 +211,10 @@ async def test_connections_that_never_finish_their_headers_are_closed(sent: byte
     with running_proxy(settings) as base:
         port = int(base.rsplit(":", 1)[1])
         started = time.monotonic()
-        reply = await anyio.to_thread.run_sync(_raw_exchange, port, sent)
+        reply = await anyio.to_thread.run_sync(raw_exchange, port, sent)
         elapsed = time.monotonic() - started
     assert reply.startswith(b"HTTP/1.1 408")
     assert elapsed < 5, "closed by the server, not by the test's own timeout"
-
-
-def _raw_exchange(port: int, data: bytes) -> bytes:
-    """Send `data` and read until the server closes the connection (bounded by a 10 s socket timeout)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
 
 
 async def test_a_keep_alive_request_that_stalls_mid_headers_is_closed() -> None:
@@ -233,7 +222,7 @@ async def test_a_keep_alive_request_that_stalls_mid_headers_is_closed() -> None:
     with running_proxy(settings) as base:
         port = int(base.rsplit(":", 1)[1])
         reply = await anyio.to_thread.run_sync(
-            _raw_exchange, port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /healthz HTTP/1.1\r\nhos"
+            raw_exchange, port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /healthz HTTP/1.1\r\nhos"
         )
     assert reply.startswith(b"HTTP/1.1 200")
     assert reply.count(b"HTTP/1.1 408") == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import anyio
@@ -10,7 +9,7 @@ import httpx
 import pytest
 
 from app.settings import ConfigError, CorsSettings, parse_settings
-from tests.support.servers import proxy_settings, running_proxy
+from tests.support.servers import proxy_settings, raw_exchange, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -144,19 +143,10 @@ async def test_a_malformed_host_is_a_400_on_the_hot_routes_too(base: str, method
         f"{method} {path} HTTP/1.1\r\nhost: bad<host>\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
-    reply = await anyio.to_thread.run_sync(_exchange, port, request)
+    reply = await anyio.to_thread.run_sync(raw_exchange, port, request)
     head, _, answer = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b'"invalid_request"' in answer
-
-
-def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
 
 
 async def test_no_cors_unless_configured() -> None:

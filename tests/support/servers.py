@@ -84,3 +84,14 @@ def running_proxy(settings: Settings) -> Iterator[str]:
         sock.close()
         if thread.is_alive():
             raise RuntimeError("the proxy did not shut down within 10 s")
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send `data` and read until the server closes the connection (bounded by a 10 s socket timeout): for requests
+    an HTTP client would refuse to send or would tidy up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
