@@ -24,6 +24,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
+from app.connection_state import FlowControl, LazyEvent, Pipeline
 from app.disconnect import NOTIFY_DISCONNECT, ConnectionLoss
 from app.factory import create_server_app
 from app.settings import Settings
@@ -50,8 +51,9 @@ class ServerConfig(uvicorn.Config):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a deadline for each request's headers and a connection budget, and the
-    connection's loss told to the app through a callback (`app/disconnect.py`)."""
+    """uvicorn's httptools protocol, with a deadline for each request's headers and a connection budget, the
+    connection's loss told to the app through a callback (`app/disconnect.py`), and lighter state for each
+    connection (`app/connection_state.py`)."""
 
     # CPython 3.11 keeps an instance's attributes in its class's shared key table only while that table, 29
     # keys at most, holds them all; uvicorn's protocol has 28, so ours are slots. As two more keys they gave every
@@ -63,9 +65,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._loss: ConnectionLoss | None = None
         self._header_deadline: asyncio.TimerHandle | None = None
         self.url = b""  # uvicorn's, first set per request: its key must be in the table from the first instance
+        self.pipeline = Pipeline()  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = FlowControl(transport)  # type: ignore[assignment]
         self._loss = ConnectionLoss(self.loop)
         self._arm()
         self._idle(True)
@@ -81,8 +85,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._idle(False)
+        previous = self.cycle
         super().on_headers_complete()
         self.scope[NOTIFY_DISCONNECT] = self._loss  # type: ignore[literal-required]
+        if self.cycle is not previous:  # a new request (not an upgrade): its task has not run, nothing waits yet
+            self.cycle.message_event = LazyEvent()  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
