@@ -305,7 +305,9 @@ class StreamRun:
                     await self._commit(target, first)
                     pending = None
                 async with aclosing(deltas):
-                    terminal = await self._relay(first, pending is not None, deltas)
+                    relay = self._relay(first, pending is not None, deltas)
+                    del first, pending  # the relay lets go of the first delta once it is written
+                    terminal = await relay
         finally:
             await upstream.aclose()
         self._ended = True
@@ -380,6 +382,7 @@ class StreamRun:
         finish_reason: str | None = None
         usage: TokenUsage | None = None
         delta, write = first, write_first
+        del first
         tally = self._tally
         try:
             while True:
@@ -393,6 +396,7 @@ class StreamRun:
                     finish_reason = delta.finish_reason
                 if delta.usage is not None:
                     usage = delta.usage
+                del delta  # an open stream spends most of its life in the next line: it keeps no delta there
                 delta = await anext(deltas)
         except StopAsyncIteration:
             pass

@@ -196,14 +196,20 @@ async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGe
     decoder = SSEDecoder()
     message = _MessageStream(errors)
     async for raw in response.chunks():
-        for event in decoder.feed(raw):
+        events = decoder.feed(raw)
+        del raw  # nothing of a read is kept while the next is awaited (as in `providers.openai`)
+        for event in events:
             deltas = message.feed(event.event, event.data)
+            del event
             if message.stopped:
                 response.end()  # before the last deltas: the relay may close this generator once it has them
             for delta in deltas:
                 yield delta
+                del delta
             if message.stopped:
                 return
+            del deltas
+        del events
     raise UpstreamError("the upstream ended the stream before message_stop")
 
 

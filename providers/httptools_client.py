@@ -255,6 +255,7 @@ class _Exchange:
             slots.release()
             raise
         self._holds_slot, self._connection = True, connection
+        self._request = b""  # sent: the stream need not keep it
         self._response = response = Response(connection, timeouts.read)
         return response
 

@@ -139,11 +139,16 @@ async def _deltas(response: UpstreamResponse, errors: UpstreamErrors) -> AsyncGe
     finished = False
     async for raw in response.chunks():
         pending, failure, done = _read(decoder.feed(raw), errors)
+        # An open stream waits for its next read far longer than it works on one: while it waits, it keeps
+        # nothing of this one (its bytes and its last delta were half a KiB of each open stream).
+        del raw
         if done:
             response.end()  # before the last deltas: the relay may close this generator once it has them
         for delta in pending:
             finished = finished or delta.finish_reason is not None
             yield delta
+            del delta
+        del pending
         if failure is not None:
             raise failure
         if done:
