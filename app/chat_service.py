@@ -16,6 +16,7 @@ from app.dialects import Dialect
 from app.errors import RateLimited
 from app.frame_log import FrameLog
 from app.json_body import read_body
+from app.keepalive import Pings
 from app.limits import Limiter
 from app.openai_encoders import CompletionEncoder, OpenAIChunkEncoder
 from app.openai_input import ChatCompletionInput
@@ -56,9 +57,11 @@ class ChatService:
         drain: ShutdownDrain,
         registry: StreamRegistry,
         logs: StreamLogs,
+        pings: Pings,
         remote_watchers: RemoteCheck | None = None,
     ) -> None:
         self._settings = settings
+        self._pings = pings
         self._logs = logs
         self._remote_watchers = remote_watchers
         self._registry = registry
@@ -156,7 +159,7 @@ class ChatService:
 
     def watch_new(self, stream: ResumableStream) -> StreamWatcher:
         """The watcher of the request that created `stream`: answered with the producer's own head."""
-        return StreamWatcher(stream, position=0, head=None, ping_interval=self._settings.stream.ping_interval_seconds)
+        return StreamWatcher(stream, position=0, head=None, pings=self._pings)
 
     async def _sse_run(self, chat: ChatInput, request_id: str, caller: Caller) -> StreamRun:
         route = self._providers.resolve(chat.model)
@@ -234,7 +237,7 @@ class ChatService:
             request=request,
             encoder=encoder,
             policy=self._policy,
-            ping_interval=self._settings.stream.ping_interval_seconds,
+            pings=self._pings,
             prompt_estimate=prompt_estimate,
             drain=self._drain,
             registry=self._registry,

@@ -20,6 +20,7 @@ from app.backends.redis_log import RedisLogStore
 from app.chat_service import ChatService
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.hot_routes import HotRoutes
+from app.keepalive import Pings
 from app.limits import Limiter
 from app.log_flusher import LogFlusher
 from app.logs import configure_logging
@@ -89,8 +90,11 @@ def create_app(settings: Settings) -> Litestar:
     clients = Authenticator(settings.auth)
     admins = Authenticator(AuthSettings(keys=settings.auth.admin_keys))
     admin_service = AdminService(backend, registry, admins, clients, logs=logs, flusher=flusher)
+    # Every response's keep-alive, on one loop timer (app/deadlines.py).
+    pings = Pings(settings.stream.ping_interval_seconds)
     chat_service = ChatService(
         settings,
+        pings=pings,
         providers=providers,
         limiter=limiter,
         auth=clients,
@@ -101,7 +105,7 @@ def create_app(settings: Settings) -> Litestar:
         remote_watchers=log_store.watched if log_store else None,
     )
     shared = SharedLogReader(log_store, drain) if log_store else None
-    resume_service = ResumeService(logs, settings.stream.ping_interval_seconds, shared=shared)
+    resume_service = ResumeService(logs, pings, shared=shared)
 
     def provide_chat_service() -> ChatService:
         return chat_service

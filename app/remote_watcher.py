@@ -27,7 +27,7 @@ from app.disconnect import DisconnectWatch
 from app.errors import StoreUnavailable, StreamNotFound, StreamTruncated
 from app.frame_log import FRAME_END
 from app.frames import ErrorFrame
-from app.keepalive import KeepAlive
+from app.keepalive import KeepAlive, Pings
 from app.resume import ResumePoint, resume_head
 from app.shutdown import ShutdownDrain
 from app.sse import encode_retry
@@ -47,7 +47,7 @@ class SharedLogReader:
         self._store = store
         self._drain = drain
 
-    async def watch(self, point: ResumePoint, owner: str, ping_interval: float) -> ASGIApp | None:
+    async def watch(self, point: ResumePoint, owner: str, pings: Pings) -> ASGIApp | None:
         store = self._store
         try:
             meta = await store.meta(point.stream_id)
@@ -69,9 +69,7 @@ class SharedLogReader:
         except RedisError as exc:
             raise StoreUnavailable("the stream store is unreachable; retry shortly", retry_after=1) from exc
         lost = ErrorFrame(code="stream_lost", message=LOST_MESSAGE, retryable=True, request_id=meta.request_id)
-        return RemoteWatcher(
-            store, point, entries, ping_interval=ping_interval, lost=lost, dialect=meta.dialect, drain=self._drain
-        )
+        return RemoteWatcher(store, point, entries, pings=pings, lost=lost, dialect=meta.dialect, drain=self._drain)
 
 
 class RemoteWatcher:
@@ -83,7 +81,7 @@ class RemoteWatcher:
         "_drain",
         "_entries",
         "_lost",
-        "_ping_interval",
+        "_pings",
         "_point",
         "_stopping",
         "_store",
@@ -96,7 +94,7 @@ class RemoteWatcher:
         point: ResumePoint,
         entries: list[LogEntry],
         *,
-        ping_interval: float,
+        pings: Pings,
         lost: ErrorFrame,
         dialect: Dialect,
         drain: ShutdownDrain,
@@ -108,15 +106,14 @@ class RemoteWatcher:
         self._store = store
         self._point = point
         self._entries = entries
-        self._ping_interval = ping_interval
+        self._pings = pings
         self._lost = lost  # the `stream_lost` error, should this watcher be the one to append it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
         task = self._task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         disconnect = DisconnectWatch(scope, receive, task.cancel)
-        keepalive = KeepAlive(loop, send, self._ping_interval, self._dialect.keepalive)
+        keepalive = self._pings.keepalive(send, self._dialect.keepalive)
         self._drain.track(self)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": resume_head(self._point.stream_id)})

@@ -20,6 +20,7 @@ from litestar.types import ASGIApp
 
 from app.errors import InvalidRequest, StreamNotFound, StreamTruncated
 from app.frame_log import LogTruncated
+from app.keepalive import Pings
 from app.registry import owner_digest
 from app.resumable import StreamLogs
 from app.sse_transport import SSE_HEADERS
@@ -70,13 +71,13 @@ def resume_point(stream_id: str, last_event_id: str | None, after: str | None) -
 class LogReader(Protocol):
     """A stream's log as the shared store holds it (written by whichever replica produces the stream)."""
 
-    async def watch(self, point: ResumePoint, owner: str, ping_interval: float) -> ASGIApp | None: ...
+    async def watch(self, point: ResumePoint, owner: str, pings: Pings) -> ASGIApp | None: ...
 
 
 class ResumeService:
-    def __init__(self, logs: StreamLogs, ping_interval: float, shared: LogReader | None) -> None:
+    def __init__(self, logs: StreamLogs, pings: Pings, shared: LogReader | None) -> None:
         self._logs = logs
-        self._ping_interval = ping_interval
+        self._pings = pings
         self._shared = shared
 
     async def watch(self, point: ResumePoint, principal: str) -> ASGIApp | None:
@@ -86,7 +87,7 @@ class ResumeService:
         stream = self._logs.local(point.stream_id)
         if stream is None or stream.log.status not in (None, 200):
             if self._shared is not None and stream is None:
-                return await self._shared.watch(point, owner, self._ping_interval)
+                return await self._shared.watch(point, owner, self._pings)
             raise StreamNotFound("no such stream (it may have expired)")
         log = stream.log
         if log.owner != owner:
@@ -104,7 +105,7 @@ class ResumeService:
             position=position,
             prefix=prefix,
             head=resume_head(point.stream_id),
-            ping_interval=self._ping_interval,
+            pings=self._pings,
             after=point.seq if point.seq > log.last_seq else -1,
         )
 

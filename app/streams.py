@@ -31,7 +31,7 @@ from app.disconnect import DisconnectWatch
 from app.errors import InternalError, ProxyError, StreamCancelled, UpstreamError, error_body
 from app.frame_log import FrameLog
 from app.frames import CancelFrame, DoneFrame, ErrorFrame, StartFrame
-from app.keepalive import KeepAlive
+from app.keepalive import KeepAlive, Pings
 from app.limits import Admission
 from app.loop_turns import LoopTurns
 from app.registry import (
@@ -79,7 +79,7 @@ class StreamRun:
         "_failure",
         "_keepalive",
         "_loop",
-        "_ping_interval",
+        "_pings",
         "_policy",
         "_registry",
         "_request",
@@ -108,7 +108,7 @@ class StreamRun:
         request: ChatRequest,
         encoder: StreamEncoder,
         policy: RetryPolicy,
-        ping_interval: float,
+        pings: Pings,
         prompt_estimate: int,
         drain: ShutdownDrain,
         registry: StreamRegistry,
@@ -126,7 +126,7 @@ class StreamRun:
         self._request = request
         self._encoder = encoder
         self._policy = policy
-        self._ping_interval = ping_interval
+        self._pings = pings
         self._tally = StreamTally(prompt_estimate)
         self._send: Send = _not_started
         self._loop: asyncio.AbstractEventLoop  # the serving loop, known once __call__ runs
@@ -333,7 +333,7 @@ class StreamRun:
         """
         if self._encoder.buffered:
             return await first_of(deltas)
-        timer = self._loop.call_later(self._ping_interval, self._commit_due, target)
+        timer = self._loop.call_later(self._pings.interval, self._commit_due, target)
         try:
             return await first_of(deltas)
         finally:
@@ -350,7 +350,7 @@ class StreamRun:
         await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
         self._committed = self._response_started = True
         if self._direct:
-            self._keepalive = KeepAlive(self._loop, self._send, self._ping_interval, self._encoder.keepalive)
+            self._keepalive = self._pings.keepalive(self._send, self._encoder.keepalive)
             self._keepalive.start()
         body = self._encoder.start(self._start_frame(target))
         if first is not None:

@@ -19,7 +19,7 @@ from app.dialects import Dialect
 from app.disconnect import DisconnectWatch
 from app.frame_log import FrameLog, LogTruncated
 from app.frames import ErrorFrame
-from app.keepalive import KeepAlive
+from app.keepalive import KeepAlive, Pings
 from app.loop_turns import LoopTurns
 from app.resumable import ResumableStream
 
@@ -27,7 +27,7 @@ logger = logging.getLogger("tokenrelay.watcher")
 
 
 class StreamWatcher:
-    __slots__ = ("_after", "_head", "_ping_interval", "_position", "_prefix", "_stream")
+    __slots__ = ("_after", "_head", "_pings", "_position", "_prefix", "_stream")
 
     def __init__(
         self,
@@ -36,23 +36,22 @@ class StreamWatcher:
         position: int,
         prefix: bytes = b"",
         head: list[tuple[bytes, bytes]] | None,
-        ping_interval: float,
+        pings: Pings,
         after: int = -1,
     ) -> None:
         self._stream = stream
         self._position = position
         self._prefix = prefix  # frames after the resume point, cut from the entry that holds it
         self._head = head  # None: the request that created the stream, answered with the producer's own head
-        self._ping_interval = ping_interval
+        self._pings = pings
         # The client's resume point when it is past the log's end: frames up to it are not sent again.
         self._after = after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - an ASGI app always runs inside a task
         disconnect = DisconnectWatch(scope, receive, task.cancel)
-        keepalive = KeepAlive(loop, send, self._ping_interval, self._stream.log.dialect.keepalive)
+        keepalive = self._pings.keepalive(send, self._stream.log.dialect.keepalive)
         self._stream.attach()
         try:
             await self._follow(send, keepalive)

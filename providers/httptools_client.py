@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from app.deadlines import Deadlines
 from app.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from providers.base import UpstreamTimeouts
 from providers.http_client import ExceptionTable, translate_with
@@ -71,6 +72,7 @@ class HttptoolsClient:
         self._slots: asyncio.Semaphore | None = None
         self._open: set[Connection] = set()
         self._finishing: set[Connection] = set()  # waiting for the rest of a body after their stream ended
+        self._deadlines = Deadlines()  # the read timeouts of all its connections, on one loop timer
 
     async def open(self) -> None:
         self._slots = asyncio.Semaphore(self._max_connections)
@@ -136,7 +138,7 @@ class HttptoolsClient:
             async with asyncio.timeout(connect_timeout):
                 key = (origin.host, origin.port)
                 _, connection = await loop.create_connection(
-                    lambda: Connection(key, self._forget),
+                    lambda: Connection(key, self._forget, self._deadlines),
                     origin.host,
                     origin.port,
                     ssl=origin.ssl,

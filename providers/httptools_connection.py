@@ -10,6 +10,7 @@ from typing import Final, cast
 
 import httptools
 
+from app.deadlines import Deadlines
 from app.errors import UpstreamError, UpstreamTimeout
 
 # Reading pauses when this much body is waiting for the relay: the upstream then feels the client's pace.
@@ -24,6 +25,7 @@ class Connection(asyncio.Protocol):
         "_body_framed",
         "_buffered",
         "_chunks",
+        "_deadlines",
         "_error",
         "_headers_seen",
         "_idle_limit",
@@ -34,7 +36,7 @@ class Connection(asyncio.Protocol):
         "_then",
         "_wait_started",
         "_waiter",
-        "_watchdog",
+        "_watch_tick",
         "closed",
         "complete",
         "expiry",
@@ -45,15 +47,16 @@ class Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool_key: tuple[str, int], on_lost: Callable[[Connection], None]) -> None:
+    def __init__(self, pool_key: tuple[str, int], on_lost: Callable[[Connection], None], deadlines: Deadlines) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
+        self._deadlines = deadlines
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.pool_key = pool_key
         self._on_lost = on_lost
         self.expiry: asyncio.TimerHandle | None = None  # while idle in the pool
-        self._watchdog: asyncio.TimerHandle | None = None  # the read timeout, while a chunk is awaited
+        self._watch_tick: int | None = None  # the read timeout's deadline, while a chunk is awaited
         self._wait_started = 0.0
         self._idle_limit = 0.0
         self._reset()
@@ -88,9 +91,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._unwatch()
         self._on_lost(self)
         if self.complete:
             return
@@ -150,9 +151,7 @@ class Connection(asyncio.Protocol):
             # The last response filled the buffer and then ended: reading stayed paused, and the next response
             # would never be read (the request would time out waiting for headers).
             self.transport.resume_reading()
-        if self._watchdog is not None:  # the last response's, which may be later than this one's read timeout
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._unwatch()  # the last response's, which may be later than this one's read timeout
         self._reset()
         self.transport.write(request)
 
@@ -171,12 +170,12 @@ class Connection(asyncio.Protocol):
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
-            # One watchdog timer per connection, re-armed only when it fires, instead of a timer made and
+            # One deadline per connection, added again only when it passes, instead of a timer made and
             # cancelled per chunk: at one token per read that was a heap push and pop per token.
             self._wait_started = self._loop.time()
             self._idle_limit = idle_timeout
-            if self._watchdog is None:
-                self._watchdog = self._loop.call_at(self._wait_started + idle_timeout, self._check_idle)
+            if self._watch_tick is None:
+                self._watch_tick = self._deadlines.add(self._wait_started + idle_timeout, self)
             try:
                 await self._waiter
             finally:
@@ -187,8 +186,13 @@ class Connection(asyncio.Protocol):
         self._buffered = 0
         return chunk
 
-    def _check_idle(self) -> None:
-        self._watchdog = None
+    def _unwatch(self) -> None:
+        if self._watch_tick is not None:
+            self._deadlines.remove(self._watch_tick, self)
+            self._watch_tick = None
+
+    def deadline_passed(self) -> None:
+        self._watch_tick = None
         waiter = self._waiter
         if waiter is None or waiter.done() or self.closed:
             return  # not waiting: the next wait arms it again
@@ -196,7 +200,7 @@ class Connection(asyncio.Protocol):
         if self._loop.time() >= deadline:
             waiter.set_exception(TimeoutError("no data from the upstream within the read timeout"))
         else:
-            self._watchdog = self._loop.call_at(deadline, self._check_idle)
+            self._watch_tick = self._deadlines.add(deadline, self)
 
     def listen(self) -> None:
         if self._paused and self.transport is not None:
