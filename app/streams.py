@@ -22,7 +22,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 
 from litestar.types import Receive, Scope, Send
@@ -145,9 +145,11 @@ class StreamRun:
         self.created = created
         self.log: FrameLog | None = None  # set when the stream is produced into a log for its watchers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve the stream to the one client of this request: it ends when the client leaves."""
-        await self._run(send, (scope, receive))
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """Serve the stream to the one client of this request: it ends when the client leaves.
+
+        `_run` itself, not a coroutine awaiting it: a frame less for the whole life of the stream."""
+        return self._run(send, (scope, receive))
 
     async def produce(self, send: Send) -> None:
         """Run the stream into `send` (its log's), with no client of its own: only `stop` (a grace period over,
