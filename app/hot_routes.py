@@ -34,7 +34,8 @@ class HotRoutes:
         self._routes = dict(routes)
         self._cors = cors
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: the awaitable it returns is the whole request, with no frame of this layer around it.
         route = (
             self._routes.get(scope["path"]) if scope["type"] == ScopeType.HTTP and scope["method"] == "POST" else None
         )
@@ -42,12 +43,15 @@ class HotRoutes:
         if route is None or not host_ok:
             # Litestar answers the rest: every other route, a path with a trailing slash or under a root path,
             # and a malformed Host (its router's 400).
-            await self._app(scope, receive, send)
-            return
+            return self._app(scope, receive, send)
         if self._cors is not None and origin:
             send = self._cors.wrap(send, origin, has_cookie=has_cookie)
-        reply = await _open(route, scope, receive, send)
-        await reply(scope, receive, send)
+        return _serve(route, scope, receive, send)
+
+
+async def _serve(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    reply = await _open(route, scope, receive, send)
+    await reply(scope, receive, send)
 
 
 async def _open(route: Route, scope: Scope, receive: Receive, send: Send) -> ASGIApp:
