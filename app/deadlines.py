@@ -28,16 +28,21 @@ class Timed(Protocol):
 
 
 class Deadlines:
-    __slots__ = ("_buckets", "_resolution", "_ticks", "_timer")
+    __slots__ = ("_buckets", "_firing", "_loop", "_resolution", "_ticks", "_timer")
 
     def __init__(self, resolution: float = RESOLUTION) -> None:
         self._resolution = resolution
         self._buckets: dict[int, dict[Timed, None]] = {}
         self._ticks: list[int] = []  # the buckets' ticks, a heap
         self._timer: asyncio.TimerHandle | None = None
+        self._firing: tuple[int, dict[Timed, None]] | None = None  # the bucket whose items are being called
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, when: float, item: Timed) -> int:
         """Call `item.deadline_passed()` once the loop's clock passes `when`. Returns what `remove` takes."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # made before its loop ran (the app is built first), or moved to another
+            self._loop, self._buckets, self._ticks, self._timer = loop, {}, [], None
         tick = math.ceil(when / self._resolution)
         bucket = self._buckets.get(tick)
         if bucket is None:
@@ -52,22 +57,36 @@ class Deadlines:
         bucket = self._buckets.get(tick)
         if bucket is not None:
             bucket.pop(item, None)  # an emptied bucket stays until its tick: the timer may be armed for it
+        elif self._firing is not None and self._firing[0] == tick:
+            self._firing[1].pop(item, None)
 
     def _arm(self, tick: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(tick * self._resolution, self._fire)
+        # A millisecond late: uvloop's clock counts whole milliseconds, and at the tick's own time the timer could
+        # run a float step early, find nothing due and come back at once until the millisecond changed.
+        self._timer = asyncio.get_running_loop().call_at(tick * self._resolution + 0.001, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
         now = asyncio.get_running_loop().time()
         ticks, buckets = self._ticks, self._buckets
-        while ticks and ticks[0] * self._resolution <= now:
-            # Popped before its items run: one that adds a deadline again gets a new bucket, for a later tick.
-            for item in buckets.pop(heapq.heappop(ticks)):
-                try:
-                    item.deadline_passed()
-                except Exception:
-                    logger.exception("a deadline's callback failed")
-        if ticks:
-            self._arm(ticks[0])
+        try:
+            while ticks and ticks[0] * self._resolution <= now:
+                tick = heapq.heappop(ticks)
+                # Taken out before its items run: one that adds a deadline again gets a new bucket, for a later
+                # tick; one removed by an item called before it is not called.
+                bucket = buckets.pop(tick)
+                self._firing = (tick, bucket)
+                for item in list(bucket):
+                    if item not in bucket:
+                        continue
+                    del bucket[item]
+                    try:
+                        item.deadline_passed()
+                    except Exception:
+                        logger.exception("a deadline's callback failed")
+        finally:
+            self._firing = None
+            if ticks:
+                self._arm(ticks[0])

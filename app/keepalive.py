@@ -72,7 +72,7 @@ class KeepAlive:
         idle = self._loop.time() - self.last_write
         if idle >= self._interval:
             self.last_write = self._loop.time()
-            if self._ping is None:  # one at a time: a ping still waiting for the client's window covers this one
+            if self._ping is None or self._ping.done():  # one at a time: one waiting for the client covers this
                 self._ping = self._loop.create_task(self._send_ping(self.writes))
                 self._ping.add_done_callback(self._ping_done)
             idle = 0.0

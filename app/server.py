@@ -88,7 +88,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         self.scope[NOTIFY_DISCONNECT] = self._loss  # type: ignore[literal-required]
-        if self.cycle is not previous:  # a new request (not an upgrade): its task has not run, nothing waits yet
+        # A new request (not an upgrade) whose task has not started, so that nothing waits on uvicorn's event yet
+        # (an eager task factory would have started it).
+        if self.cycle is not previous and self.loop.get_task_factory() is None:
             self.cycle.message_event = LazyEvent()  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:

@@ -12,6 +12,12 @@ from app.deadlines import Deadlines
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=[pytest.param({}, id="asyncio"), pytest.param({"use_uvloop": True}, id="uvloop")])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """Both loops: uvloop's clock counts whole milliseconds, asyncio's does not."""
+    return "asyncio", request.param
+
+
 class Item:
     def __init__(self, name: str, record: list[tuple[str, float]], again: Deadlines | None = None) -> None:
         self.name = name
@@ -79,6 +85,31 @@ async def test_an_item_adds_itself_again_from_its_callback() -> None:
         await item.passed.wait()
     assert [name for name, _ in record] == ["again", "again"]
     assert record[1][1] > record[0][1]
+
+
+class Remover:
+    def __init__(self, deadlines: Deadlines, victim: Item) -> None:
+        self.deadlines = deadlines
+        self.victim = victim
+        self.tick = 0
+
+    def deadline_passed(self) -> None:
+        self.deadlines.remove(self.tick, self.victim)
+
+
+async def test_an_item_removed_by_another_of_its_tick_is_not_called() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(resolution=0.05)
+    record: list[tuple[str, float]] = []
+    victim, witness = Item("victim", record), Item("witness", record)
+    when = loop.time() + 0.05
+    remover = Remover(deadlines, victim)
+    remover.tick = deadlines.add(when, remover)  # first in its bucket: called before the victim
+    deadlines.add(when, victim)
+    deadlines.add(when + 0.1, witness)  # a later tick: once it has passed, the victim's had too
+    async with asyncio.timeout(5):
+        await witness.passed.wait()
+    assert [name for name, _ in record] == ["witness"]
 
 
 class Failing:
