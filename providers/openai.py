@@ -174,24 +174,52 @@ def _read(events: list[ServerSentEvent], errors: UpstreamErrors) -> tuple[list[D
         if piece is not None:
             text, reasoning = piece
             if raws and reasoning != reasoning_run:
-                pending.append(_run_delta(texts, raws, reasoning_run))
+                _append(pending, _run_delta(texts, raws, reasoning_run))
                 texts, raws = [], []
             reasoning_run = reasoning
             texts.append(text)
             raws.append(event.payload)
             continue
         if raws:
-            pending.append(_run_delta(texts, raws, reasoning_run))
+            _append(pending, _run_delta(texts, raws, reasoning_run))
             texts, raws = [], []
         if event.payload == b"[DONE]":
             return pending, None, True
         try:
-            pending.append(_event_delta(event, errors))
+            _append(pending, _event_delta(event, errors))
         except UpstreamError as error:
             return pending, error, False
     if raws:
-        pending.append(_run_delta(texts, raws, reasoning_run))
+        _append(pending, _run_delta(texts, raws, reasoning_run))
     return pending, None, False
+
+
+def _append(pending: list[Delta], delta: Delta) -> None:
+    """Add `delta` to its read's deltas, folded into the one before it when either of them carries no content
+    (a role-only chunk, a finish-only one): the relay writes a read's deltas one by one, and at a stream's end
+    these were a write each. A chunk with usage stays on its own: the `/v1` encoder drops a usage-only one for a
+    client that did not ask for usage."""
+    if pending:
+        last = pending[-1]
+        if (
+            (_bare(last) or _bare(delta))
+            and last.usage is None
+            and delta.usage is None
+            and not (last.finish_reason and delta.finish_reason)
+        ):
+            pending[-1] = Delta(
+                text=last.text or delta.text,
+                reasoning=last.reasoning or delta.reasoning,
+                tool_calls=last.tool_calls or delta.tool_calls,
+                finish_reason=last.finish_reason or delta.finish_reason,
+                raw=last.raw + delta.raw,
+            )
+            return
+    pending.append(delta)
+
+
+def _bare(delta: Delta) -> bool:
+    return not (delta.text or delta.reasoning or delta.tool_calls)
 
 
 def _plain_piece(event: ServerSentEvent) -> tuple[str, bool] | None:
