@@ -25,16 +25,15 @@ class Coalescer(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if len(self._pending) == 1:
-            loop.call_soon(self._flush)
+            # The task's first step runs once this turn's callbacks have, so it takes the whole turn's batch: one
+            # loop turn before the round trip, not two as with a callback that then made the task.
+            task = loop.create_task(self._send())
+            self._sending.add(task)  # a reference, or the task could be collected mid-flight
+            task.add_done_callback(self._sending.discard)
         return await future
 
-    def _flush(self) -> None:
+    async def _send(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)  # a reference, or the task could be collected mid-flight
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         batch = [(item, future) for item, future in batch if not future.done()]  # callers that left: not sent
         if not batch:
             return
