@@ -34,8 +34,7 @@ class LoopTurns:
         """Wait until this loop iteration has room for more work: like `after_step`, but a task that yielded
         checks again once resumed, so that of many requests started together each iteration takes only its
         first few milliseconds' worth, and the rest wait for the next."""
-        # A turn of the loop is what is waited for, not an event.
-        while self._pending and self._loop.time() - self._last_turn > YIELD_AFTER_SECONDS:  # noqa: ASYNC110
+        while self._pending and self._loop.time() - self._last_turn > YIELD_AFTER_SECONDS:
             await asyncio.sleep(0)
         if not self._pending:
             self._pending = True
