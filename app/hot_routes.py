@@ -11,7 +11,6 @@ goes on to Litestar, where these routes stay registered.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
@@ -21,7 +20,6 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 
 from app.error_handlers import client_error, error_reply
-from app.loop_turns import LoopTurns
 from app.request_context import request_id_of
 from middleware.cors import CorsHeaders
 
@@ -29,13 +27,12 @@ Route = Callable[[Request[Any, Any, Any]], Awaitable[ASGIApp]]
 
 
 class HotRoutes:
-    __slots__ = ("_app", "_cors", "_routes", "_turns")
+    __slots__ = ("_app", "_cors", "_routes")
 
     def __init__(self, app: ASGIApp, routes: Mapping[str, Route], cors: CorsHeaders | None) -> None:
         self._app = app
         self._routes = dict(routes)
         self._cors = cors
-        self._turns: LoopTurns | None = None
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not a coroutine: the awaitable it returns is the whole request, with no frame of this layer around it.
@@ -49,18 +46,12 @@ class HotRoutes:
             return self._app(scope, receive, send)
         if self._cors is not None and origin:
             send = self._cors.wrap(send, origin, has_cookie=has_cookie)
-        return self._serve(route, scope, receive, send)
+        return _serve(route, scope, receive, send)
 
-    async def _serve(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-        # Requests that arrive together all start in one loop iteration, and each runs to its upstream call
-        # before the loop turns: hundreds of them kept every open stream's next token waiting that long. Past
-        # 5 ms without a turn, a request waits for the next one, as a stream's relay does (`app/loop_turns.py`).
-        turns = self._turns
-        if turns is None or turns.loop is not asyncio.get_running_loop():
-            turns = self._turns = LoopTurns(asyncio.get_running_loop())
-        await turns.admit()
-        reply = await _open(route, scope, receive, send)
-        await reply(scope, receive, send)
+
+async def _serve(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    reply = await _open(route, scope, receive, send)
+    await reply(scope, receive, send)
 
 
 async def _open(route: Route, scope: Scope, receive: Receive, send: Send) -> ASGIApp:

@@ -30,20 +30,6 @@ class LoopTurns:
         elif self._loop.time() - self._last_turn > YIELD_AFTER_SECONDS:
             await asyncio.sleep(0)
 
-    async def admit(self) -> None:
-        """Wait until this loop iteration has room for more work: like `after_step`, but a task that yielded
-        checks again once resumed, so that of many requests started together each iteration takes only its
-        first few milliseconds' worth, and the rest wait for the next."""
-        while self._pending and self._loop.time() - self._last_turn > YIELD_AFTER_SECONDS:
-            await asyncio.sleep(0)
-        if not self._pending:
-            self._pending = True
-            self._loop.call_soon(self._turned)
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
     def _turned(self) -> None:
         self._pending = False
         self._last_turn = self._loop.time()
