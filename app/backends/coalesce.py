@@ -18,13 +18,15 @@ class Coalescer(Generic[T, R]):
     def __init__(self, run: Callable[[list[T]], Awaitable[list[R | BaseException]]]) -> None:
         self._run = run
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._scheduled = False  # a task is made that has yet to take the pending batch
         self._sending: set[asyncio.Task[None]] = set()
 
     async def __call__(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if len(self._pending) == 1:
+        if not self._scheduled:
+            self._scheduled = True
             # The task's first step runs once this turn's callbacks have, so it takes the whole turn's batch: one
             # loop turn before the round trip, not two as with a callback that then made the task.
             task = loop.create_task(self._send())
@@ -33,7 +35,7 @@ class Coalescer(Generic[T, R]):
         return await future
 
     async def _send(self) -> None:
-        batch, self._pending = self._pending, []
+        batch, self._pending, self._scheduled = self._pending, [], False
         batch = [(item, future) for item, future in batch if not future.done()]  # callers that left: not sent
         if not batch:
             return
