@@ -8,11 +8,15 @@ connection's commands in order, so one connection carries every caller at once: 
 and waits for as many replies, in its place in the queue. redis-py stays for everything else (sessions, pub/sub,
 the admin API's reads).
 
+A call is written at once, so a lone admission waits for nothing but Redis; the calls made in the same loop turn
+after it are written together at the turn's end, so 32 arrivals cost two writes, not 32.
+
 Failures keep redis-py's meaning, so the backend handles both alike: a lost connection is `ConnectionError` (a
 call that finds its connection dead is sent once more on a fresh one, the way a restarted Redis is met), a reply
 that does not come within `timeout` is `TimeoutError` (never sent again: it may have run), and the connection is
 then dropped, failing the calls still waiting on it with `TimeoutError` too, since a connection that swallowed
-one reply cannot be trusted with the order of the next.
+one reply cannot be trusted with the order of the next. Replies come in order, so only the oldest call's deadline
+can pass first: one timer per connection watches it, not one per call.
 """
 
 from __future__ import annotations
@@ -59,33 +63,62 @@ def _reply(value: Any) -> Any:
 
 
 class _Call:
-    __slots__ = ("expected", "future", "replies")
+    __slots__ = ("deadline", "expected", "future", "replies")
 
-    def __init__(self, future: asyncio.Future[list[Any]], expected: int) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], expected: int, deadline: float) -> None:
         self.future = future
         self.expected = expected
+        self.deadline = deadline
         self.replies: list[Any] = []
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
         self._reader = hiredis.Reader()
         self._calls: collections.deque[_Call] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self._later: list[bytes] | None = None  # None: nothing written this turn yet
+        self._watch: asyncio.TimerHandle | None = None
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a stream connection (uvloop's is no subclass)
 
     def send(self, data: bytes, expected: int) -> asyncio.Future[list[Any]]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         future.add_done_callback(_retrieved)
         if self.lost is not None or self._transport is None:
             future.set_exception(RedisConnectionError(f"the connection to Redis was lost: {self.lost}"))
             return future
-        self._calls.append(_Call(future, expected))
-        self._transport.write(data)
+        call = _Call(future, expected, loop.time() + self._timeout)
+        self._calls.append(call)
+        if self._watch is None:
+            self._watch = loop.call_at(call.deadline + _CLOCK_STEP, self._check_deadline)
+        if self._later is None:
+            self._transport.write(data)
+            self._later = []
+            loop.call_soon(self._write_later)
+        else:
+            self._later.append(data)
         return future
+
+    def _write_later(self) -> None:
+        later, self._later = self._later, None
+        if later and self.lost is None and self._transport is not None:
+            self._transport.write(b"".join(later))
+
+    def _check_deadline(self) -> None:
+        self._watch = None
+        if not self._calls or self.lost is not None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self._calls[0].deadline
+        if deadline <= loop.time():
+            self.abort(RedisTimeoutError(f"Redis did not answer within {self._timeout} s"))
+        else:
+            self._watch = loop.call_at(deadline + _CLOCK_STEP, self._check_deadline)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -115,6 +148,9 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         if self.lost is None:
             self.lost = error
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         while self._calls:
             call = self._calls.popleft()
             if not call.future.done():
@@ -141,21 +177,10 @@ class RespConnection:
         data, expected = pack(commands), len(commands)
         for attempt in range(2):
             try:
-                protocol = await self._connected()
-            except RedisConnectionError:
-                if attempt or self._closed:
-                    raise
-                continue
-            future = protocol.send(data, expected)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    return await asyncio.shield(future)
-            except TimeoutError:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    return future.result()  # answered in the very turn the time ran out
-                protocol.abort(RedisTimeoutError("Redis did not answer in time"))
-                future.exception()  # failed by the abort: retrieved here, nobody else waits for it
-                raise RedisTimeoutError(f"Redis did not answer within {self._timeout} s") from None
+                protocol = self._protocol
+                if protocol is None or protocol.lost is not None:
+                    protocol = await self._connected()
+                return await protocol.send(data, expected)
             except RedisConnectionError:
                 if attempt or self._closed:
                     raise
@@ -192,14 +217,18 @@ class RespConnection:
         loop = asyncio.get_running_loop()
         options = self._options
         protocol: _Protocol | None = None
+
+        def protocol_factory() -> _Protocol:
+            return _Protocol(self._timeout)
+
         try:
             async with asyncio.timeout(self._timeout):
                 if options.get("connection_class") is UnixDomainSocketConnection:
-                    _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+                    _, protocol = await loop.create_unix_connection(protocol_factory, options["path"])
                 else:
                     tls = _tls(options) if options.get("connection_class") is SSLConnection else None
                     _, protocol = await loop.create_connection(
-                        _Protocol, options.get("host", "localhost"), options.get("port", 6379), ssl=tls
+                        protocol_factory, options.get("host", "localhost"), options.get("port", 6379), ssl=tls
                     )
                 if setup := self._setup_commands():
                     _check_setup(await protocol.send(pack(setup), len(setup)))
@@ -247,6 +276,9 @@ def _check_setup(replies: list[Any]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):  # its text is Redis's own (WRONGPASS ...), never the password
             raise RedisConnectionError(f"Redis refused the connection's setup: {reply}")
+
+
+_CLOCK_STEP = 0.001  # uvloop's clock counts whole milliseconds: a timer armed on the dot may fire just before it
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -96,6 +96,21 @@ async def test_a_redis_that_never_comes_back_is_a_connection_error(redis_server:
         await connection.aclose()
 
 
+async def test_a_connection_in_use_longer_than_its_timeout_times_out_no_call_answered_in_time(
+    redis_server: RedisServer,
+) -> None:
+    """One timer watches the oldest call: each call has its own deadline, not the first call's."""
+    connection = RespConnection(redis_server.url, timeout=0.3)
+    empty = f"empty-{uuid.uuid4().hex}"
+    try:
+        for _ in range(5):  # 0.5 s in all: each answered after 0.1 s
+            assert await connection.execute([("BLPOP", empty, "0.1")]) == [None]
+        overlapping = [asyncio.ensure_future(connection.execute([("BLPOP", empty, "0.1")])) for _ in range(2)]
+        assert await asyncio.gather(*overlapping) == [[None], [None]]  # answered 0.1 and 0.2 s after they were sent
+    finally:
+        await connection.aclose()
+
+
 @pytest.fixture
 async def silent_server() -> AsyncIterator[tuple[int, list[bytes]]]:
     """A server that accepts and reads, and never answers: a Redis stuck, or a network black hole."""
