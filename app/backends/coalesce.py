@@ -1,5 +1,8 @@
-"""Calls made in the same event-loop turn, sent together: 32 admissions arriving at once are one Redis round trip
-(one pipeline), not 32 queued behind one another on the pool."""
+"""Calls made in the same event-loop turn, sent together: 32 admissions arriving at once are two writes to Redis
+(the first alone, the rest in one pipeline), not 32 queued behind one another on the pool.
+
+The first call of a turn goes at once, alone: a lone request (the c=1 case) then waits for nothing but its round
+trip, where waiting for the turn's end to see whether others join cost it two loop turns (20 µs each here)."""
 
 from __future__ import annotations
 
@@ -12,17 +15,26 @@ R = TypeVar("R")
 
 
 class Coalescer(Generic[T, R]):
-    """`await coalescer(item)` joins the batch of this loop turn; `run(items)` answers the whole batch, one result
-    or exception per item, in order (an exception it raises fails every item of the batch)."""
+    """`await coalescer(item)` is sent alone if it is the turn's first, else joins the batch of the rest of the
+    turn; `run(items)` answers a batch, one result or exception per item, in order (an exception it raises fails
+    every item of the batch)."""
 
     def __init__(self, run: Callable[[list[T]], Awaitable[list[R | BaseException]]]) -> None:
         self._run = run
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False  # a task is made that has yet to take the pending batch
         self._sending: set[asyncio.Task[None]] = set()
+        self._turn_taken = False  # a call of this loop turn went alone: the next ones wait for the batch
 
     async def __call__(self, item: T) -> R:
         loop = asyncio.get_running_loop()
+        if not self._turn_taken:
+            self._turn_taken = True
+            loop.call_soon(self._end_turn)  # runs after every callback already due in this turn
+            (result,) = await self._answers([item])
+            if isinstance(result, BaseException):
+                raise result
+            return result
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if not self._scheduled:
@@ -33,6 +45,9 @@ class Coalescer(Generic[T, R]):
             self._sending.add(task)  # a reference, or the task could be collected mid-flight
             task.add_done_callback(self._sending.discard)
         return await future
+
+    def _end_turn(self) -> None:
+        self._turn_taken = False
 
     async def _send(self) -> None:
         batch, self._pending, self._scheduled = self._pending, [], False

@@ -119,7 +119,7 @@ class RedisBackend:
         return Verdict(_REFUSALS[int(refused)], int(remaining), float(reset_us) / 1_000_000)
 
     async def _admit_batch(self, batch: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """One round trip for every admission of a loop turn."""
+        """One round trip for the admissions of a loop turn."""
         return await self._evalsha("admit", batch)
 
     async def finish(

@@ -59,14 +59,29 @@ def test_a_usage_chunk_is_never_folded_whatever_its_place() -> None:
     assert [d.raw for d in pending] == [(T0,), (USAGE,), (FINISH,)]
 
 
+async def test_the_first_call_of_a_turn_goes_alone_and_the_rest_of_the_turn_in_one_batch() -> None:
+    sent: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int | BaseException]:
+        sent.append(items)
+        return [item * 10 for item in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(run)
+    assert await asyncio.gather(*(coalescer(i) for i in range(5))) == [0, 10, 20, 30, 40]
+    assert sent == [[0], [1, 2, 3, 4]]
+    assert await coalescer(5) == 50  # a later turn's first call goes alone again
+    assert sent[-1] == [5]
+
+
 async def test_a_batch_answering_too_few_fails_its_callers_instead_of_hanging() -> None:
     async def short(items: list[int]) -> list[int | BaseException]:
         return [1]
 
     coalescer: Coalescer[int, int] = Coalescer(short)
     async with asyncio.timeout(5):
-        results = await asyncio.gather(coalescer(1), coalescer(2), return_exceptions=True)
-    assert all(isinstance(r, BaseException) for r in results)
+        alone, *batched = await asyncio.gather(coalescer(1), coalescer(2), coalescer(3), return_exceptions=True)
+    assert alone == 1
+    assert all(isinstance(r, BaseException) for r in batched)
 
 
 async def test_a_caller_that_left_is_not_sent() -> None:
@@ -77,9 +92,11 @@ async def test_a_caller_that_left_is_not_sent() -> None:
         return list(items)
 
     coalescer: Coalescer[int, int] = Coalescer(run)
+    first = asyncio.ensure_future(coalescer(0))
     leaving = asyncio.ensure_future(coalescer(1))
     staying = asyncio.ensure_future(coalescer(2))
-    await asyncio.sleep(0)  # both joined this turn's batch
+    await asyncio.sleep(0)  # the first went alone; the other two joined this turn's batch
     leaving.cancel()
     assert await staying == 2
-    assert sent == [[2]]
+    assert await first == 0
+    assert sent == [[0], [2]]
