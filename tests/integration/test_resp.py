@@ -100,13 +100,14 @@ async def test_a_connection_in_use_longer_than_its_timeout_times_out_no_call_ans
     redis_server: RedisServer,
 ) -> None:
     """One timer watches the oldest call: each call has its own deadline, not the first call's."""
-    connection = RespConnection(redis_server.url, timeout=0.3)
+    connection = RespConnection(redis_server.url, timeout=1.0)
     empty = f"empty-{uuid.uuid4().hex}"
     try:
-        for _ in range(5):  # 0.5 s in all: each answered after 0.1 s
-            assert await connection.execute([("BLPOP", empty, "0.1")]) == [None]
-        overlapping = [asyncio.ensure_future(connection.execute([("BLPOP", empty, "0.1")])) for _ in range(2)]
-        assert await asyncio.gather(*overlapping) == [[None], [None]]  # answered 0.1 and 0.2 s after they were sent
+        for _ in range(4):  # 1.2 s in all, each answered after 0.3 s (Redis times a block out within 0.1 s of it)
+            assert await connection.execute([("BLPOP", empty, "0.3")]) == [None]
+        # Sent together, answered one after the other: 0.25 and 0.5 s after they were sent.
+        overlapping = [asyncio.ensure_future(connection.execute([("BLPOP", empty, "0.25")])) for _ in range(2)]
+        assert await asyncio.gather(*overlapping) == [[None], [None]]
     finally:
         await connection.aclose()
 
