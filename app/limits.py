@@ -308,7 +308,7 @@ class Limiter:
         an outage, a ping tells whether the store is back."""
         ttl = self._settings.lease_ttl_seconds
         held = list(self._leases)
-        records = self._registry.records() if self._registry is not None else []
+        records = await self._registry.records() if self._registry is not None else []
         try:
             if held or records:
                 replica = self._registry.replica if self._registry is not None else None

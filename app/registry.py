@@ -20,6 +20,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
+RECORDS_PER_TURN = 250  # about 3 ms of the loop's time each, on a 2-core VM
+
 Api = Literal["chat", "openai"]
 State = Literal["starting", "streaming"]
 
@@ -145,10 +147,24 @@ class StreamRegistry:
         self._written.update(stream_id for stream_id, _ in encoded)
         return encoded
 
-    def records(self) -> list[tuple[str, bytes]]:
-        """Every open stream's record, encoded, for the heartbeat to write."""
-        encoded = [(stream_id, msgspec.json.encode(s.record(self.replica))) for stream_id, s in self._open.items()]
-        self._written.update(stream_id for stream_id, _ in encoded)
+    async def records(self) -> list[tuple[str, bytes]]:
+        """Every open stream's record, encoded, for the heartbeat to write. Made `RECORDS_PER_TURN` at a time with
+        the loop run in between: with 5,000 open streams, all at once held every stream's next token up for 50 to
+        100 ms at each beat."""
+        streams = list(self._open.items())
+        encoded: list[tuple[str, bytes]] = []
+        for start in range(0, len(streams), RECORDS_PER_TURN):
+            if start:
+                await asyncio.sleep(0)
+            # A stream that ended meanwhile gets no record; one recorded is marked written in the same turn, so
+            # that its `discard` (whenever it comes) knows to remove it from the store.
+            part = [
+                (stream_id, msgspec.json.encode(stream.record(self.replica)))
+                for stream_id, stream in streams[start : start + RECORDS_PER_TURN]
+                if stream_id in self._open
+            ]
+            self._written.update(stream_id for stream_id, _ in part)
+            encoded += part
         return encoded
 
 
