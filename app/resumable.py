@@ -33,7 +33,7 @@ class ResumableStream:
     def __init__(
         self, run: StreamRun, log: FrameLog, *, grace: float, detached: bool, remote_watchers: RemoteCheck | None
     ) -> None:
-        self.run = run
+        self.run: StreamRun | None = run  # None once it ended: only the log is kept for late resumes
         self.log = log
         run.log = log
         self._grace = grace
@@ -48,6 +48,8 @@ class ResumableStream:
         return self.log.stream_id
 
     def start(self) -> None:
+        if self.run is None:
+            raise RuntimeError(f"stream {self.stream_id} has run already")
         self._task = asyncio.get_running_loop().create_task(self.run.produce(self.log.send))
         self._task.add_done_callback(self._produced)
 
@@ -59,13 +61,17 @@ class ResumableStream:
             logger.error("stream %s: its producer failed", self.stream_id, exc_info=failure)
         if not self.log.ended:
             self.log.abort(self.stream_id)
+        # Its log is kept for the retention time (5 minutes by default); the run, with its admission, encoder and
+        # upstream state, would be kept with it for nothing.
+        self.run = None
+        self._task = None
 
     async def stop_and_wait(self, seconds: float) -> None:
         """End the stream for a shutdown (its watchers get `cancel` `server_shutdown`) and wait for its end."""
-        task = self._task
-        if task is None or task.done():
+        task, run = self._task, self.run
+        if task is None or task.done() or run is None:
             return
-        self.run.stop("server_shutdown")
+        run.stop("server_shutdown")
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             async with asyncio.timeout(seconds):
                 await asyncio.shield(task)
@@ -116,8 +122,9 @@ class ResumableStream:
             self._stop()
 
     def _stop(self) -> None:
-        logger.info("stream %s: nobody came back within %.1f s; stopping it", self.stream_id, self._grace)
-        self.run.stop("client")
+        if self.run is not None:
+            logger.info("stream %s: nobody came back within %.1f s; stopping it", self.stream_id, self._grace)
+            self.run.stop("client")
 
 
 class StreamLogs:

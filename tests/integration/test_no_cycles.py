@@ -9,6 +9,7 @@ request must go by reference counting alone.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 
@@ -62,3 +63,27 @@ async def test_finished_streams_are_freed_without_the_garbage_collector(
         await logs.wait_for(lambda seen: sum('HTTP/1.1" ' in m and "POST" in m for m in seen) >= 12)
         left = [o for o in gc.get_objects() if isinstance(o, StreamRun | DisconnectWatch)]
     assert left == [], f"{len(left)} objects of finished requests wait for the collector: {left[:3]}"
+
+
+@pytest.mark.usefixtures("collector_off")
+async def test_a_finished_resumable_stream_keeps_its_log_not_its_run(upstream: FakeUpstream) -> None:
+    """A finished stream's log stays for late resumes (5 minutes by default); its run, with the admission, the
+    encoder and the upstream state, must not stay with it."""
+    with running_proxy(proxy_settings(upstream, "gen?n=5")) as base:
+        async with httpx.AsyncClient(timeout=10) as client:
+            whole = await client.get(f"{base}/chat/stream", params={"prompt": "hi", "model": "gen?n=5"})
+            assert whole.status_code == 200
+            assert b"event: done" in whole.content
+            first_id = next(line for line in whole.text.splitlines() if line.startswith("id: ")).removeprefix("id: ")
+            rest = await client.get(
+                f"{base}/chat/stream", params={"prompt": "hi", "model": "gen?n=5"}, headers={"last-event-id": first_id}
+            )
+            assert rest.status_code == 200
+            assert b"event: done" in rest.content  # the log is kept: a late resume gets the rest
+            # The producer lets go of its run when its task ends, just after the last frame went out: no event a
+            # client can see marks it, so the heap is looked at until then (bounded).
+            for _ in range(250):  # 5 s at most
+                if not (left := [o for o in gc.get_objects() if isinstance(o, StreamRun)]):
+                    break
+                await asyncio.sleep(0.02)
+    assert left == [], f"a finished resumable stream keeps {len(left)} run(s) alive with its log"
