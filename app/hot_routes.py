@@ -19,6 +19,7 @@ from litestar import Request
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 
+from app.arrivals import Arrivals
 from app.error_handlers import client_error, error_reply
 from app.request_context import request_id_of
 from middleware.cors import CorsHeaders
@@ -27,12 +28,13 @@ Route = Callable[[Request[Any, Any, Any]], Awaitable[ASGIApp]]
 
 
 class HotRoutes:
-    __slots__ = ("_app", "_cors", "_routes")
+    __slots__ = ("_app", "_arrivals", "_cors", "_routes")
 
     def __init__(self, app: ASGIApp, routes: Mapping[str, Route], cors: CorsHeaders | None) -> None:
         self._app = app
         self._routes = dict(routes)
         self._cors = cors
+        self._arrivals = Arrivals()
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not a coroutine: the awaitable it returns is the whole request, with no frame of this layer around it.
@@ -46,12 +48,20 @@ class HotRoutes:
             return self._app(scope, receive, send)
         if self._cors is not None and origin:
             send = self._cors.wrap(send, origin, has_cookie=has_cookie)
-        return _serve(route, scope, receive, send)
+        turn = self._arrivals.turn()
+        return (
+            _serve(route, scope, receive, send) if turn is None else _serve_in_turn(turn, route, scope, receive, send)
+        )
 
 
 async def _serve(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
     reply = await _open(route, scope, receive, send)
     await reply(scope, receive, send)
+
+
+async def _serve_in_turn(turn: Awaitable[None], route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    await turn  # one of many that arrived together: the streams already open relay meanwhile
+    await _serve(route, scope, receive, send)
 
 
 async def _open(route: Route, scope: Scope, receive: Receive, send: Send) -> ASGIApp:
