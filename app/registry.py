@@ -165,7 +165,8 @@ class StreamRegistry:
             ]
             self._written.update(stream_id for stream_id, _ in part)
             encoded += part
-        return encoded
+        # Those that ended while later slices were made: their `discard` has run, so no record of theirs goes.
+        return [entry for entry in encoded if entry[0] in self._open]
 
 
 def decode_record(raw: bytes) -> StreamRecord:
