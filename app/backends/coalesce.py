@@ -2,7 +2,9 @@
 (the first alone, the rest in one pipeline), not 32 queued behind one another on the pool.
 
 The first call of a turn goes at once, alone: a lone request (the c=1 case) then waits for nothing but its round
-trip, where waiting for the turn's end to see whether others join cost it two loop turns (20 µs each here)."""
+trip, where waiting for the turn's end to see whether others join cost it two loop turns (20 µs each here). A
+turn's batch is written at the next turn, after that turn's first call: admissions may reach Redis one turn out
+of arrival order, which no limit can tell."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ A call is written at once, so a lone admission waits for nothing but Redis; the 
 after it are written together at the turn's end, so 32 arrivals cost two writes, not 32.
 
 Failures keep redis-py's meaning, so the backend handles both alike: a lost connection is `ConnectionError` (a
-call that finds its connection dead is sent once more on a fresh one, the way a restarted Redis is met), a reply
+call whose connection is lost before its reply is sent once more on a fresh one, the way a restarted Redis or a
+NAT that forgot the connection is met: the call most likely never reached Redis), a reply
 that does not come within `timeout` is `TimeoutError` (never sent again: it may have run), and the connection is
 then dropped, failing the calls still waiting on it with `TimeoutError` too, since a connection that swallowed
 one reply cannot be trusted with the order of the next. Replies come in order, so only the oldest call's deadline
@@ -33,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# hiredis packs exactly these (a bool, None or a list is a TypeError, where redis-py would send its repr).
 Command = tuple[str | bytes | int | float, ...]
 _pack_command = cast(Callable[[Command], bytes], hiredis.pack_command)  # its stub takes a 1-tuple; any length goes
 

@@ -112,6 +112,20 @@ async def test_a_connection_in_use_longer_than_its_timeout_times_out_no_call_ans
         await connection.aclose()
 
 
+async def test_the_deadline_timer_goes_on_after_firing_and_after_an_idle_spell(redis_server: RedisServer) -> None:
+    connection = RespConnection(redis_server.url, timeout=0.5)
+    empty = f"empty-{uuid.uuid4().hex}"
+    try:
+        for _ in range(3):  # the timer fires while the second waits, and watches it in turn
+            assert await connection.execute([("BLPOP", empty, "0.3")]) == [None]
+        await asyncio.sleep(0.6)  # the timer fires on an idle connection and stops
+        assert await connection.execute([("PING",)]) == [b"PONG"]
+        with pytest.raises(RedisTimeoutError):  # Redis would answer after 2 s: the 0.5 s deadline comes first
+            await connection.execute([("BLPOP", empty, "2")])
+    finally:
+        await connection.aclose()
+
+
 @pytest.fixture
 async def silent_server() -> AsyncIterator[tuple[int, list[bytes]]]:
     """A server that accepts and reads, and never answers: a Redis stuck, or a network black hole."""
