@@ -2,10 +2,11 @@
 
 A thousand requests that arrive in the same instant each run, in one loop turn, everything up to their upstream
 call (body, limits, the request to the provider) before any token of an open stream is relayed: 1,000 paced
-streams started at once held the loop for 240 ms, and every open stream stalled that long. Here each loop turn
-opens at most `PER_TURN` streams; the others wait in arrival order and are let through, `PER_TURN` at a time, on
-the turns that follow, with the relaying of open streams in between. 64 a turn is about 13 ms of the loop here,
-and a burst of 32 (the c=32 benchmark) never waits.
+streams started at once held the loop for 240 ms, and every open stream stalled that long. Here at most
+`PER_TURN` streams are let through a turn; the others wait in arrival order and are let through, `PER_TURN` at a
+time, on the turns that follow, with the relaying of open streams in between. 64 a turn is about 13 ms of the
+loop here, and a burst of 32 (the c=32 benchmark) never waits. A released request runs a turn after it is let
+through, so the last turn of a burst can run up to twice `PER_TURN`: a bound, not an exact count.
 
 A lone request pays nothing: nobody waiting and a free place in this turn is a counter and one `call_soon` per
 turn. Each waiting request is woken once, when its turn comes: a burst of n costs O(n), where waking every waiter

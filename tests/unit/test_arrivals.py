@@ -4,10 +4,14 @@ a burst the size of c=32, never waits."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import pytest
+from litestar import Request
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from app.arrivals import PER_TURN, Arrivals
+from app.hot_routes import HotRoutes
 
 pytestmark = pytest.mark.anyio
 
@@ -25,13 +29,16 @@ async def test_a_burst_goes_through_a_turns_worth_at_a_time_in_arrival_order() -
     assert all(t is None for t in turns[:PER_TURN])
     waiting = [t for t in turns[PER_TURN:] if t is not None]
     assert len(waiting) == PER_TURN * 2 + 5
-    released: list[int] = []
-    for _ in range(4):  # each loop turn lets the next PER_TURN through
+    released: list[list[int]] = []
+    for _ in range(4):  # each loop turn lets the next PER_TURN through, the earliest first
         await asyncio.sleep(0)
-        released.append(sum(w.done() for w in waiting))
-    assert released == [PER_TURN, PER_TURN * 2, PER_TURN * 2 + 5, PER_TURN * 2 + 5]
-    order = [i for i, w in enumerate(waiting) if w.done()]
-    assert order == sorted(order)
+        released.append([i for i, w in enumerate(waiting) if w.done()])
+    assert released == [
+        list(range(PER_TURN)),
+        list(range(PER_TURN * 2)),
+        list(range(PER_TURN * 2 + 5)),
+        list(range(PER_TURN * 2 + 5)),
+    ]
 
 
 async def test_a_request_that_left_while_waiting_takes_no_place() -> None:
@@ -58,3 +65,37 @@ async def test_a_request_arriving_while_others_wait_queues_behind_them() -> None
     assert not late.done()
     await asyncio.sleep(0)
     assert late.done()
+
+
+async def test_the_stream_routes_take_their_turns() -> None:
+    """The hot routes open their streams through the gate: of a burst, the first turn starts `PER_TURN`."""
+    started: list[int] = []
+
+    async def route(request: Request[Any, Any, Any]) -> ASGIApp:
+        started.append(len(started))
+
+        async def reply(scope: Scope, receive: Receive, send: Send) -> None:
+            return None
+
+        return reply
+
+    async def litestar(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("a stream route went to Litestar")
+
+    async def receive() -> ReceiveMessage:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    routes = HotRoutes(litestar, {"/v1/chat/completions": route}, None)
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "state": {}}
+
+    async def request() -> None:  # as uvicorn calls the app: from the request's own task
+        await routes(cast(Scope, dict(scope)), receive, send)
+
+    requests = [asyncio.ensure_future(request()) for _ in range(PER_TURN + 10)]
+    await asyncio.sleep(0)  # the requests' first step: PER_TURN go on, 10 wait
+    assert len(started) == PER_TURN
+    await asyncio.gather(*requests)
+    assert len(started) == PER_TURN + 10
