@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from redis import asyncio as aioredis
 
-from bench.loadgen import Outcome, Target, one_stream, run_concurrent
+from bench.loadgen import Outcome, Target, collector_paused, one_stream, run_concurrent
 from bench.processes import cpu_seconds, rss_bytes
 
 TTFT = ("gen?n=64&gap_ms=5&first_ms=20", 64)
@@ -117,10 +117,11 @@ async def open_streams(target: Target, count: int, out: Figures) -> None:
         return await one_stream(target, *model)
 
     rss_before = rss_bytes(target.pid)
-    tasks = [asyncio.ensure_future(launch(i)) for i in range(count)]
-    await asyncio.sleep(ramp + 1.0)
-    rss_open = rss_bytes(target.pid)
-    outcomes = await asyncio.gather(*tasks)
+    with collector_paused():
+        tasks = [asyncio.ensure_future(launch(i)) for i in range(count)]
+        await asyncio.sleep(ramp + 1.0)
+        rss_open = rss_bytes(target.pid)
+        outcomes = await asyncio.gather(*tasks)
     name = f"open{count}_{target.name}"
     out.values[f"{name}_errors"] = len(bad := failures(outcomes))
     for error, times in collections.Counter(bad).most_common(5):
