@@ -37,11 +37,21 @@ def rss_bytes(pid: int | None) -> int:
 
 @contextlib.contextmanager
 def process(args: list[str], env: dict[str, str], cpu: int | None) -> Iterator[subprocess.Popen[bytes]]:
-    # Output to /dev/null: a pipe nobody reads would fill and stall the process's logging.
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """`args` running on core `cpu`, or (None) on every core of the machine.
+
+    The child starts with it, so the processes it starts (`--workers`) have it too. None is said outright: a
+    child inherits its parent's mask, and the bench pins itself to the load generator's core, so "anywhere" had
+    put two workers on that core with the upstream, Redis and the load generator, and left the other idle.
+    """
+    cores = {cpu} if cpu is not None else set(range(os.cpu_count() or 1))
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)  # this thread's mask, which the child starts with
     try:
-        if cpu is not None:
-            os.sched_setaffinity(proc.pid, {cpu})
+        # Output to /dev/null: a pipe nobody reads would fill and stall the process's logging.
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        os.sched_setaffinity(0, own)
+    try:
         yield proc
     finally:
         proc.terminate()
