@@ -20,6 +20,9 @@ from typing import Protocol
 logger = logging.getLogger("tokenrelay.deadlines")
 
 RESOLUTION = 0.05
+# How late a timer is armed after the time it waits for: uvloop's clock counts whole milliseconds, and a timer armed
+# on the dot could run a float step early, find nothing due and come back at once until the millisecond changed.
+CLOCK_STEP = 0.001
 
 
 class Timed(Protocol):
@@ -63,9 +66,7 @@ class Deadlines:
     def _arm(self, tick: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        # A millisecond late: uvloop's clock counts whole milliseconds, and at the tick's own time the timer could
-        # run a float step early, find nothing due and come back at once until the millisecond changed.
-        self._timer = asyncio.get_running_loop().call_at(tick * self._resolution + 0.001, self._fire)
+        self._timer = asyncio.get_running_loop().call_at(tick * self._resolution + CLOCK_STEP, self._fire)
 
     def _fire(self) -> None:
         self._timer = None

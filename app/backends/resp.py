@@ -34,6 +34,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.deadlines import CLOCK_STEP
+
 # hiredis packs exactly these (a bool, None or a list is a TypeError, where redis-py would send its repr).
 Command = tuple[str | bytes | int | float, ...]
 _pack_command = cast(Callable[[Command], bytes], hiredis.pack_command)  # its stub takes a 1-tuple; any length goes
@@ -88,7 +90,7 @@ class _Protocol(asyncio.Protocol):
         call = _Call(future, expected, loop.time() + self._timeout)
         self._calls.append(call)
         if self._watch is None:
-            self._watch = loop.call_at(call.deadline + _CLOCK_STEP, self._check_deadline)
+            self._watch = loop.call_at(call.deadline + CLOCK_STEP, self._check_deadline)
         if self._later is None:
             self._transport.write(data)
             self._later = []
@@ -111,7 +113,7 @@ class _Protocol(asyncio.Protocol):
         if deadline <= loop.time():
             self.abort(RedisTimeoutError(f"Redis did not answer within {self._timeout} s"))
         else:
-            self._watch = loop.call_at(deadline + _CLOCK_STEP, self._check_deadline)
+            self._watch = loop.call_at(deadline + CLOCK_STEP, self._check_deadline)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -269,9 +271,6 @@ def _check_setup(replies: list[Any]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):  # its text is Redis's own (WRONGPASS ...), never the password
             raise RedisConnectionError(f"Redis refused the connection's setup: {reply}")
-
-
-_CLOCK_STEP = 0.001  # uvloop's clock counts whole milliseconds: a timer armed on the dot may fire just before it
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
