@@ -10,14 +10,15 @@ _INCOMING = (b"x-request-id", b"x-correlation-id")
 
 
 def incoming_request_id(headers: Any) -> str | None:
-    """The first acceptable id among the request's headers; anything else is ignored, never echoed."""
-    for wanted in _INCOMING:
-        for name, value in headers:
-            if name.lower() == wanted:
-                try:
-                    text: str = value.decode("ascii")
-                except UnicodeDecodeError:
-                    continue
-                if _VALID.fullmatch(text):
-                    return text
-    return None
+    """The first acceptable id among the request's headers, an `X-Request-ID` before an `X-Correlation-ID`;
+    anything else is ignored, never echoed. Names are lower case in an ASGI scope."""
+    found: dict[bytes, str] = {}
+    for name, value in headers:
+        if name in _INCOMING and name not in found:
+            try:
+                text: str = value.decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if _VALID.fullmatch(text):
+                found[name] = text
+    return found.get(_INCOMING[0]) or found.get(_INCOMING[1])

@@ -16,8 +16,8 @@ goes out with the first token, and a log record there is time to first token. It
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,7 +40,7 @@ class EdgeMiddleware:
             await self._app(scope, receive, send)
             return
         started = time.monotonic()
-        request_id = incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        request_id = incoming_request_id(scope["headers"]) or os.urandom(16).hex()
         set_request_id(scope, request_id)
         send_at_edge = _EdgeSend(send, self._security, (b"x-request-id", request_id.encode()))
         token = REQUEST_ID.set(request_id)
