@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 from litestar.connection import ASGIConnection
@@ -69,8 +69,25 @@ def json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
 def check_shape(data: dict[str, Any]) -> None:
     """Refuse nesting past `MAX_DEPTH` (400) and integers past `MAX_SAFE_INTEGER` (422), naming where they are.
 
-    One pass over the decoded value, iterative (a hostile body must not make this recurse either).
+    One pass over the decoded value, iterative (a hostile body must not make this recurse either), that carries
+    no paths: every request pays for this pass, and only a refused one needs to know where (`_refuse`, a second
+    pass in the same order). Decoded JSON holds exact types, so `type(...) is` tells a bool from an int.
     """
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            _refuse(data)
+        for child in value.values() if type(value) is dict else value:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is int and abs(child) > MAX_SAFE_INTEGER:
+                _refuse(data)
+
+
+def _refuse(data: dict[str, Any]) -> NoReturn:
+    """Raise the refusal for the first fault `check_shape` meets, with the path to it."""
     stack: list[tuple[Any, int, str]] = [(data, 0, "")]
     while stack:
         value, depth, path = stack.pop()
@@ -86,6 +103,7 @@ def check_shape(data: dict[str, Any]) -> None:
             raise InvalidRequest(f"{path}: nests deeper than {MAX_DEPTH} levels", field=path or "body", status=400)
         for key, child in children:
             stack.append((child, depth + 1, f"{path}.{key}" if path else str(key)))
+    raise AssertionError("check_shape found a fault that _refuse did not")
 
 
 def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:
