@@ -21,12 +21,14 @@ import sys
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.supervisors import Multiprocess
 
-from app.connection_state import FlowControl, LazyEvent, Pipeline
+from app.connection_state import FlowControl, Pipeline
 from app.disconnect import NOTIFY_DISCONNECT, ConnectionLoss
 from app.factory import create_server_app
+from app.response_head import FastHeadCycle
 from app.settings import Settings
 
 _TIMED_OUT = (
@@ -85,13 +87,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._idle(False)
-        previous = self.cycle
         super().on_headers_complete()
         self.scope[NOTIFY_DISCONNECT] = self._loss  # type: ignore[literal-required]
-        # A new request (not an upgrade) whose task has not started, so that nothing waits on uvicorn's event yet
-        # (an eager task factory would have started it).
-        if self.cycle is not previous and self.loop.get_task_factory() is None:
-            self.cycle.message_event = LazyEvent()  # type: ignore[assignment]
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # uvicorn's cycle made over as ours before its task exists (a request, or one that waited pipelined).
+        own = FastHeadCycle.adopt(cycle)
+        if self.cycle is cycle:
+            self.cycle = own
+        super()._start_asgi_task(own, app)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -1,0 +1,106 @@
+"""A response's head encoded in one pass: the bytes uvicorn writes, for about half its work.
+
+uvicorn checks and writes a response's headers one at a time: two regular-expression searches, a `lower()` and
+four comparisons per header. A stream's head carries about twenty (its own, the limits', the security headers,
+the request id, `date`) and leaves with the first token: under callgrind that loop was 120k instructions, the
+largest single piece of the work between the upstream's first token and the client's. `encode_head` checks the
+same rules over all names at once and over the whole head at once. What it does not cover (a name uvicorn acts
+on, `content-length`, `transfer-encoding` or `connection`; a name that is not lower-case letters, digits and
+dashes; a control character in a value; a status uvicorn has no line for) goes to uvicorn's own code, which
+also raises its errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from app.connection_state import LazyEvent
+
+Header = tuple[bytes, bytes]
+
+_NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-"
+# What uvicorn refuses in a value (its HEADER_VALUE_RE) but CR and LF, which end each line and are counted apart.
+_CONTROL = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+
+
+def encode_head(status: int, headers: Sequence[Header], *, keep_alive: bool, chunked: bool) -> bytes | None:
+    """The status line and headers uvicorn would write for `http.response.start`, or None where uvicorn must
+    write them itself."""
+    status_line = STATUS_LINE.get(status)
+    names = b"".join([name for name, _ in headers])
+    if (
+        status_line is None
+        or names.translate(None, _NAME_BYTES)
+        or b"content-length" in names
+        or b"transfer-encoding" in names
+        or b"connection" in names
+    ):
+        return None
+    parts = [status_line]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    if chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    head = b"".join(parts)
+    # Names hold neither CR nor LF: any beyond one pair per line is in a value.
+    lines = len(parts) - len(headers) * 3
+    if len(head.translate(None, _CONTROL)) != len(head) or head.count(b"\r") != lines or head.count(b"\n") != lines:
+        return None
+    return head + b"\r\n"
+
+
+class FastHeadCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, its response head written by `encode_head`.
+
+    `send` is a plain function returning the awaitable, so a body `send` (one per token) costs no extra frame.
+    """
+
+    @classmethod
+    def adopt(cls, cycle: RequestResponseCycle) -> FastHeadCycle:
+        """This kind of cycle in the state of uvicorn's `cycle`, whose task has not started: made by its own
+        constructor (an instance whose class is changed afterwards loses CPython's fast attribute access), and
+        with a `LazyEvent` (`app/connection_state.py`)."""
+        own = cls(
+            scope=cycle.scope,
+            transport=cycle.transport,
+            flow=cycle.flow,
+            logger=cycle.logger,
+            access_logger=cycle.access_logger,
+            access_log=cycle.access_log,
+            default_headers=cycle.default_headers,
+            message_event=LazyEvent(cycle.message_event.is_set()),  # type: ignore[arg-type]
+            expect_100_continue=cycle.waiting_for_100_continue,
+            keep_alive=cycle.keep_alive,
+            on_response=cycle.on_response,
+        )
+        # What a pipelined request received while it waited for the one before it.
+        own.body, own.more_body, own.disconnected = cycle.body, cycle.more_body, cycle.disconnected
+        return own
+
+    def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
+        if message["type"] == "http.response.start" and not (
+            self.response_started or self.disconnected or self.flow.write_paused or self.access_log
+        ):
+            status = message["status"]
+            # Without a content-length (this path has none), uvicorn chunks every body but these (RFC 9110).
+            chunked = self.scope["method"] != "HEAD" and status not in (204, 304)
+            headers = [*self.default_headers, *message.get("headers", ())]
+            head = encode_head(status, headers, keep_alive=self.keep_alive, chunked=chunked)
+            if head is not None:
+                self.response_started = True
+                self.waiting_for_100_continue = False
+                if chunked:
+                    self.chunked_encoding = True
+                self.transport.write(head)
+                return _sent()
+        return super().send(message)
+
+
+async def _sent() -> None:
+    return None

@@ -1,0 +1,155 @@
+"""`FastHeadCycle` writes the very bytes uvicorn's own cycle writes, or leaves the head to uvicorn.
+
+Both cycles are driven through `send` side by side, each on a transport that records what is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from app.connection_state import FlowControl, LazyEvent
+from app.response_head import FastHeadCycle, encode_head
+
+pytestmark = pytest.mark.anyio
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _cycle(kind: type[RequestResponseCycle], method: str, keep_alive: bool) -> tuple[Any, _Recorder]:
+    transport = _Recorder()
+    cycle = kind(
+        scope={"type": "http", "method": method, "path": "/", "headers": []},  # type: ignore[typeddict-item]
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[(b"date", b"Thu, 03 Dec 2026 21:39:15 GMT")],
+        message_event=LazyEvent(),  # type: ignore[arg-type]
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=lambda: None,
+    )
+    return cycle, transport
+
+
+async def _outcome(kind: type[RequestResponseCycle], method: str, keep_alive: bool, messages: list[Any]) -> Any:
+    cycle, transport = _cycle(kind, method, keep_alive)
+    try:
+        for message in messages:
+            await cycle.send(message)
+    except Exception as exc:
+        return type(exc), transport.written
+    return transport.written, cycle.chunked_encoding, cycle.keep_alive, cycle.response_complete
+
+
+_NAME = st.sampled_from(
+    [b"content-type", b"x-request-id", b"cache-control", b"X-Upper", b"content-length", b"connection",
+     b"transfer-encoding", b"x-content-length-ish", b"bad name", b"", b"x-tab\t"]
+) | st.binary(min_size=1, max_size=8)  # fmt: skip
+_VALUE = st.sampled_from([b"text/event-stream", b"no-cache", b"12", b"chunked", b"close", b"a\r\nb", b"tab\there"]) | (
+    st.binary(max_size=12)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(st.tuples(_NAME, _VALUE), max_size=6),
+    status=st.sampled_from([200, 204, 304, 404, 429, 599]),
+    method=st.sampled_from(["GET", "POST", "HEAD"]),
+    keep_alive=st.booleans(),
+    body=st.sampled_from([b"", b"data: x\n\n"]),
+)
+def test_the_same_bytes_as_uvicorn(
+    headers: list[tuple[bytes, bytes]], status: int, method: str, keep_alive: bool, body: bytes
+) -> None:
+    messages = [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    ]
+
+    async def both() -> tuple[Any, Any]:
+        return (
+            await _outcome(RequestResponseCycle, method, keep_alive, messages),
+            await _outcome(FastHeadCycle, method, keep_alive, messages),
+        )
+
+    uvicorn, ours = asyncio.run(both())
+    assert ours == uvicorn
+
+
+def test_a_streams_head_takes_the_one_pass() -> None:
+    headers = [
+        (b"date", b"Thu, 03 Dec 2026 21:39:15 GMT"),
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+        (b"x-request-id", b"e42fdb7bc2af44849a0c969aef4f0f12"),
+    ]
+    head = encode_head(200, headers, keep_alive=True, chunked=True)
+    assert head == (
+        b"HTTP/1.1 200 OK\r\ndate: Thu, 03 Dec 2026 21:39:15 GMT\r\ncontent-type: text/event-stream; charset=utf-8"
+        b"\r\ncontent-security-policy: default-src 'none'; frame-ancestors 'none'\r\n"
+        b"x-request-id: e42fdb7bc2af44849a0c969aef4f0f12\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-length", b"2")],
+        [(b"Content-Type", b"text/plain")],
+        [(b"x-injected", b"a\r\nset-cookie: b")],
+        [(b"x-nul", b"a\x00b")],
+    ],
+)
+def test_what_uvicorn_acts_on_or_refuses_is_left_to_it(headers: list[tuple[bytes, bytes]]) -> None:
+    assert encode_head(200, headers, keep_alive=True, chunked=True) is None
+
+
+async def test_a_pipelined_cycle_is_adopted_with_what_it_received() -> None:
+    cycle, _ = _cycle(RequestResponseCycle, "POST", True)
+    cycle.body += b'{"a": 1}'
+    cycle.more_body = False
+    cycle.message_event.set()
+    own = FastHeadCycle.adopt(cycle)
+    assert (bytes(own.body), own.more_body, own.message_event.is_set()) == (b'{"a": 1}', False, True)
+    assert await own.receive() == {"type": "http.request", "body": b'{"a": 1}', "more_body": False}
+
+
+@pytest.mark.parametrize("method", ["POST", "HEAD"])
+@pytest.mark.parametrize("status", [200, 204, 304, 429])
+@pytest.mark.parametrize("keep_alive", [True, False])
+async def test_every_framing_of_a_one_pass_head_matches_uvicorn(method: str, status: int, keep_alive: bool) -> None:
+    headers = [(b"content-type", b"application/json"), (b"x-ratelimit-limit", b"60"), (b"referrer-policy", b"x\ty")]
+    assert encode_head(status, headers, keep_alive=keep_alive, chunked=True) is not None
+    messages = [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ]
+    ours = await _outcome(FastHeadCycle, method, keep_alive, messages)
+    assert ours == await _outcome(RequestResponseCycle, method, keep_alive, messages)
