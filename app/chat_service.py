@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 
@@ -15,6 +14,7 @@ from app.chat_input import ChatInput
 from app.dialects import Dialect
 from app.errors import RateLimited
 from app.frame_log import FrameLog
+from app.incoming import Incoming
 from app.json_body import read_body
 from app.keepalive import Pings
 from app.limits import Limiter
@@ -77,11 +77,12 @@ class ChatService:
         """Whether `GET /chat/stream` (EventSource, which reconnects by itself) makes resumable streams."""
         return self._settings.stream.resume.enabled
 
-    async def caller(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    async def caller(self, connection: Incoming) -> Caller:
         """Who is asking: authenticated (raises `Unauthorized` if a key is required and missing) and keyed."""
         session = await self._sessions.read(connection)
         headers = connection.headers
-        peer = connection.client.host if connection.client else None
+        client = connection.client
+        peer = client.host if client else None
         identity = self._auth.identify(headers, session)
         principal = principal_key(
             api_key_id=identity.key_id if identity else None,
@@ -94,7 +95,7 @@ class ChatService:
     async def end_session(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Cookie:
         return await self._sessions.end(connection)
 
-    async def read_body(self, request: Request[Any, Any, Any]) -> bytes:
+    async def read_body(self, request: Incoming) -> bytes:
         """The request body: 413 past `limits.max_body_bytes`, 408 if it does not arrive within
         `server.body_timeout_seconds`."""
         return await read_body(

@@ -6,10 +6,10 @@ import asyncio
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
-from litestar.connection import ASGIConnection
 from pydantic import BaseModel, ValidationError
 
 from app.errors import ClientClosed, InvalidRequest, RequestTimeout, RequestTooLarge
+from app.incoming import Incoming
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -19,7 +19,7 @@ MAX_DEPTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
-async def read_body(connection: ASGIConnection[Any, Any, Any, Any], *, max_bytes: int, seconds: float) -> bytes:
+async def read_body(connection: Incoming, *, max_bytes: int, seconds: float) -> bytes:
     """The whole body, read from `receive` itself so that it needs no route handler (`app.hot_routes` has none):
     `RequestTooLarge` (413) past `max_bytes`, declared or counted, and `RequestTimeout` (408) if it has not
     arrived within `seconds` (a stalled or trickling upload would otherwise hold its connection and its task for

@@ -15,6 +15,7 @@ from litestar.datastructures import Cookie
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 
 from app.errors import LimitsUnavailable
+from app.incoming import Incoming
 from app.session_store import BoundedMemoryStore
 
 logger = logging.getLogger("tokenrelay.sessions")
@@ -28,9 +29,13 @@ class SessionReader:
         self._backend = ServerSideSessionBackend(config)
         self._required = required  # with auth on, a session that cannot be read is an outage, not "no session"
 
-    async def read(self, connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any] | None:
-        if "cookie" not in connection.headers or self._config.key not in connection.cookies:
+    async def read(self, connection: Incoming) -> dict[str, Any] | None:
+        if "cookie" not in connection.headers:
             return None  # most API clients send no cookie: skip parsing
+        if not isinstance(connection, ASGIConnection):  # a `HotRequest`: Litestar's backend reads its own kind
+            connection = ASGIConnection(connection.scope, connection.receive)
+        if self._config.key not in connection.cookies:
+            return None
         try:
             data = await self._backend.load_from_connection(connection)
         except Exception as exc:

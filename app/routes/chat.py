@@ -11,6 +11,7 @@ from litestar.types import ASGIApp
 
 from app.chat_input import parse_json_body, parse_query
 from app.chat_service import ChatService
+from app.incoming import Incoming
 from app.replies import no_content
 from app.request_context import request_id_of
 from app.resume import ResumeService, parse_event_id
@@ -44,7 +45,7 @@ async def chat_stream_post(
     return await open_chat_stream(chat_service, request)
 
 
-async def open_chat_stream(chat_service: ChatService, request: Request[Any, Any, Any]) -> ASGIApp:
+async def open_chat_stream(chat_service: ChatService, request: Incoming) -> ASGIApp:
     """The POST route's work, also served outside Litestar (`app.hot_routes`)."""
     caller = await chat_service.caller(request)
     chat = parse_json_body(await chat_service.read_body(request), request.headers.get("content-type"))

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.types import ASGIApp
 
 from app.chat_service import ChatService
+from app.incoming import Incoming
 from app.openai_input import parse_chat_completion
 from app.request_context import request_id_of
 from app.sessions import SKIP_SESSION
@@ -22,7 +23,7 @@ async def chat_completions(
     return await open_chat_completion(chat_service, request)
 
 
-async def open_chat_completion(chat_service: ChatService, request: Request[Any, Any, Any]) -> ASGIApp:
+async def open_chat_completion(chat_service: ChatService, request: Incoming) -> ASGIApp:
     """The route's work, also served outside Litestar (`app.hot_routes`)."""
     caller = await chat_service.caller(request)
     chat = parse_chat_completion(await chat_service.read_body(request), request.headers.get("content-type"))

@@ -143,6 +143,21 @@ async def test_eventsource_authenticates_with_the_session_cookie(base: str) -> N
         assert (await stranger.get(f"{base}/chat/stream", params={"prompt": "hi"})).status_code == 401
 
 
+async def test_the_hot_routes_authenticate_with_the_session_cookie(base: str) -> None:
+    """A page's `fetch` POSTs with its session cookie and no key: the routes served before Litestar read it too."""
+    chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with httpx.AsyncClient(timeout=10) as browser:
+        assert (await browser.post(f"{base}/auth/session", json={"api_key": PLAIN})).status_code == 200
+        stream = await browser.post(f"{base}/chat/stream", json={"prompt": "hi"})
+        completion = await browser.post(f"{base}/v1/chat/completions", json=chat)
+        assert (stream.status_code, completion.status_code) == (200, 200)
+        assert "event: done" in stream.text
+        assert "data: [DONE]" in completion.text
+        await browser.delete(f"{base}/auth/session")
+        assert (await browser.post(f"{base}/chat/stream", json={"prompt": "hi"})).status_code == 401
+        assert (await browser.post(f"{base}/v1/chat/completions", json=chat)).status_code == 401
+
+
 async def test_secure_cookie_when_configured() -> None:
     with running_proxy(auth_settings(secure_cookie=True)) as url:
         async with httpx.AsyncClient(timeout=10) as client:

@@ -4,14 +4,14 @@ a burst the size of c=32, never waits."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import cast
 
 import pytest
-from litestar import Request
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from app.arrivals import PER_TURN, Arrivals
 from app.hot_routes import HotRoutes
+from app.incoming import Incoming
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +71,7 @@ async def test_the_stream_routes_take_their_turns() -> None:
     """The hot routes open their streams through the gate: of a burst, the first turn starts `PER_TURN`."""
     started: list[int] = []
 
-    async def route(request: Request[Any, Any, Any]) -> ASGIApp:
+    async def route(request: Incoming) -> ASGIApp:
         started.append(len(started))
 
         async def reply(scope: Scope, receive: Receive, send: Send) -> None:
