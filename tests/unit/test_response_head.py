@@ -1,4 +1,5 @@
-"""`FastHeadCycle` writes the very bytes uvicorn's own cycle writes, or leaves the head to uvicorn.
+"""`FastHeadCycle` writes the very bytes uvicorn's own cycle writes, or leaves the head to uvicorn; the head goes
+out in one write with the first body.
 
 Both cycles are driven through `send` side by side, each on a transport that records what is written.
 """
@@ -64,8 +65,10 @@ async def _outcome(kind: type[RequestResponseCycle], method: str, keep_alive: bo
         for message in messages:
             await cycle.send(message)
     except Exception as exc:
-        return type(exc), transport.written
-    return transport.written, cycle.chunked_encoding, cycle.keep_alive, cycle.response_complete
+        await asyncio.sleep(0)  # a head held for a body that never came is written as the loop turns
+        return type(exc), b"".join(transport.written)
+    await asyncio.sleep(0)
+    return b"".join(transport.written), cycle.chunked_encoding, cycle.keep_alive, cycle.response_complete
 
 
 _NAME = st.sampled_from(
@@ -153,3 +156,25 @@ async def test_every_framing_of_a_one_pass_head_matches_uvicorn(method: str, sta
     ]
     ours = await _outcome(FastHeadCycle, method, keep_alive, messages)
     assert ours == await _outcome(RequestResponseCycle, method, keep_alive, messages)
+
+
+async def test_the_head_leaves_with_the_first_body_in_one_write() -> None:
+    cycle, transport = _cycle(FastHeadCycle, "POST", True)
+    await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    assert transport.written == []
+    await cycle.send({"type": "http.response.body", "body": b"first", "more_body": True})
+    assert len(transport.written) == 1
+    assert transport.written[0].endswith(b"\r\n\r\n5\r\nfirst\r\n")
+    await cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
+    assert transport.written[1:] == [b"0\r\n\r\n"]
+
+
+async def test_a_head_with_no_body_in_its_turn_goes_out_at_the_turns_end() -> None:
+    """A stream committed before its first token: the client must have its 200 without waiting for one."""
+    cycle, transport = _cycle(FastHeadCycle, "POST", True)
+    await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await asyncio.sleep(0)
+    assert len(transport.written) == 1
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    await cycle.send({"type": "http.response.body", "body": b"later", "more_body": True})
+    assert transport.written[1] == b"5\r\nlater\r\n"
