@@ -85,20 +85,24 @@ class FastHeadCycle(RequestResponseCycle):
         return own
 
     def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
-        if message["type"] == "http.response.start" and not (
+        own = message.get("headers", ()) if message["type"] == "http.response.start" else None
+        # A list or tuple: read here and again by uvicorn if it takes over, which an iterator would not survive.
+        if isinstance(own, list | tuple) and not (
             self.response_started or self.disconnected or self.flow.write_paused or self.access_log
         ):
-            status = message["status"]
+            status = message["status"]  # type: ignore[typeddict-item]
             # Without a content-length (this path has none), uvicorn chunks every body but these (RFC 9110).
             chunked = self.scope["method"] != "HEAD" and status not in (204, 304)
-            headers = [*self.default_headers, *message.get("headers", ())]
-            head = encode_head(status, headers, keep_alive=self.keep_alive, chunked=chunked)
+            head = encode_head(status, [*self.default_headers, *own], keep_alive=self.keep_alive, chunked=chunked)
             if head is not None:
                 self.response_started = True
                 self.waiting_for_100_continue = False
                 if chunked:
                     self.chunked_encoding = True
-                self.transport = HeadWithFirstBody(self.transport, head, self)  # type: ignore[assignment]
+                    # Its body always ends with a write (the last chunk), which takes a head still held.
+                    self.transport = HeadWithFirstBody(self.transport, head, self)  # type: ignore[assignment]
+                else:
+                    self.transport.write(head)  # no body will be written: the response is over
                 return _sent()
         return super().send(message)
 
@@ -108,10 +112,11 @@ async def _sent() -> None:
 
 
 class HeadWithFirstBody:
-    """The transport a cycle writes through while its head waits: the head goes out with the first body written
-    in the same loop turn, one system call and one wake-up of the client instead of two (a stream's start leaves
-    with its first token), or alone at the end of that turn (a `HEAD` request, a stream committed before its
-    first token). Then the cycle has its connection's transport back."""
+    """The transport a chunked response's cycle writes through while its head waits: the head goes out with the
+    first body written in the same loop turn, one system call and one wake-up of the client instead of two (a
+    stream's start leaves with its first token), or alone from a `call_soon` (a stream committed before its first
+    token; uvloop runs it after that iteration's I/O callbacks). Then the cycle has its connection's transport
+    back."""
 
     __slots__ = ("_cycle", "_flush", "_head", "_transport")
 

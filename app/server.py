@@ -99,7 +99,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        # Not idle if uvicorn has just started a request that came pipelined behind this one.
+        if not self.transport.is_closing() and self.cycle.response_complete:
             self._idle(True)
 
     def connection_lost(self, exc: Exception | None) -> None:

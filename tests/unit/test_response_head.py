@@ -7,16 +7,18 @@ Both cycles are driven through `send` side by side, each on a transport that rec
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.connection_state import FlowControl, LazyEvent
 from app.response_head import FastHeadCycle, encode_head
+from app.server import GuardedHttpToolsProtocol
 
 pytestmark = pytest.mark.anyio
 
@@ -178,3 +180,11 @@ async def test_a_head_with_no_body_in_its_turn_goes_out_at_the_turns_end() -> No
     assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n")
     await cycle.send({"type": "http.response.body", "body": b"later", "more_body": True})
     assert transport.written[1] == b"5\r\nlater\r\n"
+
+
+def test_uvicorn_starts_every_request_through_the_hook_that_adopts_its_cycle() -> None:
+    """`GuardedHttpToolsProtocol` makes each cycle a `FastHeadCycle` in `_start_asgi_task`: a uvicorn that
+    started requests another way would silently serve them on its own cycle (and its `asyncio.Event`)."""
+    assert "_start_asgi_task" in vars(GuardedHttpToolsProtocol)
+    for caller in (HttpToolsProtocol.on_headers_complete, HttpToolsProtocol.on_response_complete):
+        assert "self._start_asgi_task(" in inspect.getsource(caller)
