@@ -209,7 +209,7 @@ class RedisBackend:
                 logger.exception("cancel listener failed; it listens again in 1 s")
                 await asyncio.sleep(1)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis 8.2
 
     async def streams(self, after: str | None, count: int) -> tuple[list[bytes], str | None]:
         # The index holds every id once written; an id whose record has expired (its replica died) is dropped
