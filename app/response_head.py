@@ -8,6 +8,12 @@ same rules over all names at once and over the whole head at once. What it does 
 on, `content-length`, `transfer-encoding` or `connection`; a name that is not lower-case letters, digits and
 dashes; a control character in a value; a status uvicorn has no line for) goes to uvicorn's own code, which
 also raises its errors.
+
+A stream's head is known before its first token, which decides whether the head is a 200 at all (an upstream that
+fails before it is answered with an error status). So the head can be given early as a *provisional* start: the
+cycle encodes it then, while the stream waits for its upstream, and writes it with the first body; a later start
+replaces it, and nothing reaches the client before a body. The server offers this as an ASGI extension
+(`PROVISIONAL_START` in the scope's `extensions`), which an app checks before it marks a start `PROVISIONAL`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 from app.connection_state import LazyEvent
 
 Header = tuple[bytes, bytes]
+
+# The scope extension that says this server takes provisional starts, and the key that marks one.
+PROVISIONAL_START = "tokenrelay.provisional_start"
+PROVISIONAL = "tokenrelay.provisional"
 
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-"
 # What uvicorn refuses in a value (its HEADER_VALUE_RE) but CR and LF, which end each line and are counted apart.
@@ -62,6 +72,9 @@ class FastHeadCycle(RequestResponseCycle):
     `send` is a plain function returning the awaitable, so a body `send` (one per token) costs no extra frame.
     """
 
+    # A provisional start not yet replaced or written: the message, and its head if encoded for this cycle.
+    _held: tuple[ASGISendEvent, bytes | None, bool] | None = None
+
     @classmethod
     def adopt(cls, cycle: RequestResponseCycle) -> FastHeadCycle:
         """This kind of cycle in the state of uvicorn's `cycle`, whose task has not started: made by its own
@@ -82,29 +95,63 @@ class FastHeadCycle(RequestResponseCycle):
         )
         # What a pipelined request received while it waited for the one before it.
         own.body, own.more_body, own.disconnected = cycle.body, cycle.more_body, cycle.disconnected
+        extensions = own.scope.get("extensions")
+        if extensions is None:
+            own.scope["extensions"] = extensions = {}
+        extensions[PROVISIONAL_START] = {}
         return own
 
     def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
-        own = message.get("headers", ()) if message["type"] == "http.response.start" else None
-        # A list or tuple: read here and again by uvicorn if it takes over, which an iterator would not survive.
-        if isinstance(own, list | tuple) and not (
-            self.response_started or self.disconnected or self.flow.write_paused or self.access_log
-        ):
-            status = message["status"]  # type: ignore[typeddict-item]
-            # Without a content-length (this path has none), uvicorn chunks every body but these (RFC 9110).
-            chunked = self.scope["method"] != "HEAD" and status not in (204, 304)
-            head = encode_head(status, [*self.default_headers, *own], keep_alive=self.keep_alive, chunked=chunked)
-            if head is not None:
-                self.response_started = True
-                self.waiting_for_100_continue = False
-                if chunked:
-                    self.chunked_encoding = True
-                    # Its body always ends with a write (the last chunk), which takes a head still held.
-                    self.transport = HeadWithFirstBody(self.transport, head, self)  # type: ignore[assignment]
-                else:
-                    self.transport.write(head)  # no body will be written: the response is over
+        if message["type"] == "http.response.start":
+            self._held = None  # replaced, if one was held
+            if message.get(PROVISIONAL) and not self.response_started:
+                self._held = (message, self._encoded(message), self.keep_alive)
                 return _sent()
+            head = self._encoded(message)
+            if head is not None and self._can_write_own_head():
+                self._start(message, head, flush=True)
+                return _sent()
+        elif self._held is not None:
+            held, head, keep_alive = self._held
+            self._held = None
+            if head is not None and keep_alive == self.keep_alive and self._can_write_own_head():
+                # No flush: the body this send writes takes the head with it.
+                self._start(held, head, flush=False)
+            else:
+                return self._replay(held, message)
         return super().send(message)
+
+    def _encoded(self, message: ASGISendEvent) -> bytes | None:
+        own = message.get("headers", ())
+        # A list or tuple: read here and again by uvicorn if it takes over, which an iterator would not survive.
+        if not isinstance(own, list | tuple) or self.response_started or self.access_log:
+            return None
+        status = message["status"]  # type: ignore[typeddict-item]
+        headers = [*self.default_headers, *own]
+        return encode_head(status, headers, keep_alive=self.keep_alive, chunked=_chunked(self, status))
+
+    def _can_write_own_head(self) -> bool:
+        return not (self.response_started or self.disconnected or self.flow.write_paused)
+
+    def _start(self, message: ASGISendEvent, head: bytes, *, flush: bool) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if _chunked(self, message["status"]):  # type: ignore[typeddict-item]
+            self.chunked_encoding = True
+            # Its body always ends with a write (the last chunk), which takes a head still held.
+            self.transport = HeadWithFirstBody(self.transport, head, self, flush=flush)  # type: ignore[assignment]
+        else:
+            self.transport.write(head)  # no body will be written: the response is over
+
+    async def _replay(self, start: ASGISendEvent, body: ASGISendEvent) -> None:
+        """A provisional start this cycle cannot write itself now: uvicorn writes it, then the body."""
+        await super().send(start)
+        await super().send(body)
+
+
+def _chunked(cycle: RequestResponseCycle, status: int) -> bool:
+    # Without a content-length (the one-pass head has none), uvicorn chunks every body but these (RFC 9110).
+    return cycle.scope["method"] != "HEAD" and status not in (204, 304)
 
 
 async def _sent() -> None:
@@ -120,11 +167,11 @@ class HeadWithFirstBody:
 
     __slots__ = ("_cycle", "_flush", "_head", "_transport")
 
-    def __init__(self, transport: Any, head: bytes, cycle: RequestResponseCycle) -> None:
+    def __init__(self, transport: Any, head: bytes, cycle: RequestResponseCycle, *, flush: bool) -> None:
         self._transport = transport
         self._head = head
         self._cycle = cycle
-        self._flush = asyncio.get_running_loop().call_soon(self._write_head)
+        self._flush = asyncio.get_running_loop().call_soon(self._write_head) if flush else None
 
     def write(self, data: bytes) -> None:
         self._release()
@@ -144,5 +191,6 @@ class HeadWithFirstBody:
                 self._transport.write(self._head)
 
     def _release(self) -> None:
-        self._flush.cancel()
+        if self._flush is not None:
+            self._flush.cancel()
         self._cycle.transport = self._transport

@@ -25,8 +25,9 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
+from typing import cast
 
-from litestar.types import Receive, Scope, Send
+from litestar.types import Message, Receive, Scope, Send
 
 from app.disconnect import DisconnectWatch
 from app.errors import InternalError, ProxyError, StreamCancelled, UpstreamError, error_body
@@ -46,6 +47,7 @@ from app.registry import (
     owner_digest,
     public_principal,
 )
+from app.response_head import PROVISIONAL, PROVISIONAL_START
 from app.shutdown import FINAL_WRITE_SECONDS, ShutdownDrain, shutdown_error
 from app.stream_encoder import StreamEncoder
 from app.stream_tally import StreamTally
@@ -79,10 +81,12 @@ class StreamRun:
         "_encoder",
         "_ended",
         "_failure",
+        "_holds_heads",
         "_keepalive",
         "_loop",
         "_pings",
         "_policy",
+        "_provisional",
         "_registry",
         "_request",
         "_response_started",
@@ -144,6 +148,8 @@ class StreamRun:
         self._direct = True  # serving its own client, not a log
         self._committing: asyncio.Task[None] | None = None
         self._failure: ProxyError | None = None
+        self._holds_heads = False  # the server takes a provisional start (app/response_head.py)
+        self._provisional: Target | None = None  # the target whose head the server holds
         self.created = created
         self.log: FrameLog | None = None  # set when the stream is produced into a log for its watchers
 
@@ -161,6 +167,7 @@ class StreamRun:
     async def _run(self, send: Send, client: tuple[Scope, Receive] | None) -> None:
         self._send = send
         self._direct = client is not None
+        self._holds_heads = client is not None and PROVISIONAL_START in (client[0].get("extensions") or ())
         self._loop = asyncio.get_running_loop()
         self._turns = LoopTurns(self._loop)
         task = self._task = asyncio.current_task()
@@ -337,6 +344,12 @@ class StreamRun:
         """
         if self._encoder.buffered:
             return await first_of(deltas)
+        if self._holds_heads:
+            # The head is known now, and only the first delta decides that it is the one: the server encodes it
+            # while the upstream thinks, and it leaves with that delta (a refusal or another target replaces it).
+            start = {"type": "http.response.start", "status": 200, "headers": self._headers(target), PROVISIONAL: True}
+            await self._send(cast("Message", start))
+            self._provisional = target
         timer = self._loop.call_later(self._pings.interval, self._commit_due, target)
         try:
             return await first_of(deltas)
@@ -351,7 +364,8 @@ class StreamRun:
             self._committing = self._loop.create_task(self._commit(target))
 
     async def _commit(self, target: Target, first: Delta | None = None) -> None:
-        await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
+        if self._provisional is not target:
+            await self._send({"type": "http.response.start", "status": 200, "headers": self._headers(target)})
         self._committed = self._response_started = True
         body = self._encoder.start(self._start_frame(target))
         if first is not None:

@@ -24,6 +24,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.error_handlers import client_error, error_reply
 from app.request_context import REQUEST_ID, set_request_id
+from app.response_head import PROVISIONAL
 from middleware.correlation import incoming_request_id
 from middleware.security_headers import SecurityHeaders
 
@@ -77,7 +78,8 @@ class _EdgeSend:
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            self.status = message["status"]
+            if not message.get(PROVISIONAL):  # nothing is answered by it yet: it may still be replaced
+                self.status = message["status"]
             headers = self._security.added_to(message.get("headers", ()))
             headers.append(self._own_id)
             message["headers"] = headers

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.connection_state import FlowControl, LazyEvent
-from app.response_head import FastHeadCycle, encode_head
+from app.response_head import PROVISIONAL, PROVISIONAL_START, FastHeadCycle, encode_head
 from app.server import GuardedHttpToolsProtocol
 
 pytestmark = pytest.mark.anyio
@@ -188,3 +188,102 @@ def test_uvicorn_starts_every_request_through_the_hook_that_adopts_its_cycle() -
     assert "_start_asgi_task" in vars(GuardedHttpToolsProtocol)
     for caller in (HttpToolsProtocol.on_headers_complete, HttpToolsProtocol.on_response_complete):
         assert "self._start_asgi_task(" in inspect.getsource(caller)
+
+
+def _start(headers: list[tuple[bytes, bytes]], status: int = 200, *, provisional: bool = False) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
+    if provisional:
+        message[PROVISIONAL] = True
+    return message
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    earlier=st.lists(
+        st.tuples(st.lists(st.tuples(_NAME, _VALUE), max_size=3), st.sampled_from([200, 502])), max_size=2
+    ),
+    headers=st.lists(st.tuples(_NAME, _VALUE), max_size=4),
+    status=st.sampled_from([200, 204, 429]),
+    final_provisional=st.booleans(),
+    method=st.sampled_from(["POST", "HEAD"]),
+    keep_alive=st.booleans(),
+)
+def test_provisional_starts_write_what_the_last_start_alone_writes(
+    *,
+    earlier: list[tuple[list[tuple[bytes, bytes]], int]],
+    headers: list[tuple[bytes, bytes]],
+    status: int,
+    final_provisional: bool,
+    method: str,
+    keep_alive: bool,
+) -> None:
+    """Starts given provisionally and then replaced leave no trace; a provisional start that a body follows is
+    written as if it had been an ordinary one."""
+    body = {"type": "http.response.body", "body": b"data: x\n\n", "more_body": False}
+    ours = [
+        *(_start(h, s, provisional=True) for h, s in earlier),
+        _start(headers, status, provisional=final_provisional),
+    ]
+
+    async def both() -> tuple[Any, Any]:
+        return (
+            await _outcome(RequestResponseCycle, method, keep_alive, [_start(headers, status), body]),
+            await _outcome(FastHeadCycle, method, keep_alive, [*ours, body]),
+        )
+
+    uvicorn, own = asyncio.run(both())
+    assert own == uvicorn
+
+
+async def test_a_provisional_start_writes_nothing_until_its_body_and_then_one_write() -> None:
+    cycle, transport = _cycle(FastHeadCycle, "POST", True)
+    await cycle.send(_start([(b"content-type", b"text/event-stream")], provisional=True))
+    await asyncio.sleep(0)
+    assert transport.written == []
+    assert not cycle.response_started  # uvicorn still owes the client a response if the app ends here
+    await cycle.send({"type": "http.response.body", "body": b"first", "more_body": True})
+    assert len(transport.written) == 1
+    assert transport.written[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.written[0].endswith(
+        b"content-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+    )
+
+
+async def test_a_provisional_start_committed_after_keep_alive_ended_says_so() -> None:
+    """Between the provisional start and its body, uvicorn may decide the connection closes after this response
+    (a shutdown): the head written is the one uvicorn would write then."""
+    cycle, transport = _cycle(FastHeadCycle, "POST", True)
+    reference, expected = _cycle(RequestResponseCycle, "POST", False)
+    await cycle.send(_start([(b"content-type", b"text/plain")], provisional=True))
+    cycle.keep_alive = False
+    for each in (cycle, reference):
+        if each is reference:
+            await each.send(_start([(b"content-type", b"text/plain")]))
+        await each.send({"type": "http.response.body", "body": b"x", "more_body": False})
+    assert b"".join(transport.written) == b"".join(expected.written)
+    assert b"connection: close\r\n" in transport.written[0]
+
+
+async def test_a_client_gone_before_the_body_gets_nothing() -> None:
+    cycle, transport = _cycle(FastHeadCycle, "POST", True)
+    await cycle.send(_start([(b"content-type", b"text/plain")], provisional=True))
+    cycle.disconnected = True
+    await cycle.send({"type": "http.response.body", "body": b"x", "more_body": False})
+    await asyncio.sleep(0)
+    assert transport.written == []
+
+
+async def test_an_app_that_ends_after_only_a_provisional_start_gets_uvicorns_500() -> None:
+    cycle, transport = _cycle(FastHeadCycle, "POST", True)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(_start([(b"content-type", b"text/plain")], provisional=True))
+
+    await cycle.run_asgi(app)
+    await asyncio.sleep(0)
+    assert b"".join(transport.written).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+
+
+def test_an_adopted_cycle_offers_provisional_starts() -> None:
+    cycle, _ = _cycle(RequestResponseCycle, "POST", True)
+    assert PROVISIONAL_START in FastHeadCycle.adopt(cycle).scope["extensions"]
