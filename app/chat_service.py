@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 
@@ -39,8 +39,7 @@ from providers.retry import RetryPolicy
 DEFAULT_COMPLETION_RESERVE = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
+class Caller(msgspec.Struct, frozen=True):
     identity: Identity | None  # the API key, when one was presented or a session holds one
     principal: str  # what limits count against: the key, else the client address
 

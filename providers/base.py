@@ -29,8 +29,7 @@ class UpstreamTimeouts:
     pool: float
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
+class ToolCall(msgspec.Struct, frozen=True, gc=False):
     """A tool call an assistant message made earlier in the conversation."""
 
     id: str
@@ -38,8 +37,7 @@ class ToolCall:
     arguments: str
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """A conversation turn. `content` is text, or OpenAI-style content parts (`{"type": "text", ...}`)."""
 
     role: str
