@@ -52,7 +52,7 @@ class UpstreamOpening:
         """The target that answered, its deltas and the first of them. Raises the last attempt's `ProxyError`
         when none answered."""
         policy = self._policy
-        error: ProxyError = UpstreamError("the model has no targets")
+        error: ProxyError | None = None
         for target in self._route.targets:
             attempt_request = msgspec.structs.replace(
                 self._request, model=target.upstream_model, timeouts=target.timeouts
@@ -78,9 +78,9 @@ class UpstreamOpening:
                 if delay is None:
                     break
                 await asyncio.sleep(delay)
-            if not policy.falls_back(error):
+            if error is not None and not policy.falls_back(error):
                 break
-        raise error
+        raise error or UpstreamError("the model has no targets")
 
     def _failed(self, failure: ProxyError, attempt: int, target: Target) -> float | None:
         """Log a failed attempt; the delay before the next one (None: no more attempts at this target)."""
