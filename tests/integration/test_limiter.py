@@ -159,33 +159,63 @@ async def test_an_outage_with_no_open_stream_keeps_the_local_limits(own_redis: R
         await limiter.aclose()
 
 
-BUSY_SCRIPT = """
-local t = redis.call('TIME')
-local until_us = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
-repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= until_us
-return 1
-"""
+class ReplyDropper:
+    """A TCP relay to Redis that, while `dropping`, passes commands on and swallows their replies: an answer lost
+    on its way back, after the command ran. `dropped` is set once a reply was swallowed."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self.dropping = False
+        self.dropped = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        for pump in (self._pump(client_reader, redis_writer, False), self._pump(redis_reader, client_writer, True)):
+            task = asyncio.create_task(pump)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if replies and self.dropping:
+                    self.dropped.set()
+                    continue
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
 
 
 async def test_a_lease_taken_by_an_admission_whose_answer_was_lost_is_released(redis_server: RedisServer) -> None:
-    """Redis is busy past the client's time-out: the admission gets 503, yet its script runs afterwards and takes
-    the lease. The next heartbeat gives it back instead of letting it lock the principal out for a TTL."""
+    """The admission runs in Redis, but its answer never comes back: the client times out with 503, yet the lease
+    is taken. The next heartbeat gives it back instead of letting it lock the principal out for a TTL."""
     prefix = f"lost-{uuid.uuid4().hex}:"
     settings = LimitSettings(requests_per_minute=0, concurrent_streams=1, on_backend_failure="fail_closed")
-    limiter = await opened(settings, redis_server.url, prefix)
+    relay = ReplyDropper(redis_server.port)
+    limiter = await opened(settings, await relay.start(), prefix)
     redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
     try:
-        await redis.ping()  # connected: the busy script below is written at its task's first step
-        await (await limiter.admit("key:warm", "w", 0)).close(0)  # the admission script is loaded (EVALSHA)
-
-        async def hold_the_server() -> object:
-            return await redis.eval(BUSY_SCRIPT, 0, "800000")
-
-        busy = asyncio.create_task(hold_the_server())  # 0.8 s of script; the limiter gives up at 0.3
-        await asyncio.sleep(0.05)  # the script reaches the server before the admission does
+        await (await limiter.admit("key:warm", "w", 0)).close(0)  # connected, and the admission script loaded
+        relay.dropping = True
         with pytest.raises(LimitsUnavailable):
             await limiter.admit("key:k", "s1", 0)
-        await busy
+        assert relay.dropped.is_set(), "Redis answered the admission (and the answer was lost)"
+        relay.dropping = False
         assert await redis.zcard(f"{prefix}{{key:k}}:conc") == 1, "the lost admission did run"
         await limiter.beat()
         assert await redis.zcard(f"{prefix}{{key:k}}:conc") == 0
@@ -193,3 +223,4 @@ async def test_a_lease_taken_by_an_admission_whose_answer_was_lost_is_released(r
     finally:
         await redis.aclose()
         await limiter.aclose()
+        await relay.aclose()
