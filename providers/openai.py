@@ -171,7 +171,7 @@ def _read(events: list[ServerSentEvent], errors: UpstreamErrors) -> tuple[list[D
     reasoning_run = False
     for event in events:
         piece = _plain_piece(event)
-        if piece is not None:
+        if isinstance(piece, tuple):
             text, reasoning = piece
             if raws and reasoning != reasoning_run:
                 _append(pending, _run_delta(texts, raws, reasoning_run))
@@ -186,7 +186,7 @@ def _read(events: list[ServerSentEvent], errors: UpstreamErrors) -> tuple[list[D
         if event.payload == b"[DONE]":
             return pending, None, True
         try:
-            _append(pending, _event_delta(event, errors))
+            _append(pending, _event_delta(event, errors) if piece is None else _delta_of(piece, event.payload, errors))
         except UpstreamError as error:
             return pending, error, False
     if raws:
@@ -222,9 +222,10 @@ def _bare(delta: Delta) -> bool:
     return not (delta.text or delta.reasoning or delta.tool_calls)
 
 
-def _plain_piece(event: ServerSentEvent) -> tuple[str, bool] | None:
+def _plain_piece(event: ServerSentEvent) -> tuple[str, bool] | _Chunk | None:
     """`(text, is_reasoning)` of the common chunk: one choice carrying text alone or reasoning alone, in valid
-    UTF-8 (invalid bytes take the general path, which repairs them); None for anything else."""
+    UTF-8 (invalid bytes take the general path, which repairs them). Any other chunk it decoded comes back as
+    decoded, so that it is not decoded twice (a role, a finish, usage); None for anything else."""
     data = event.payload
     if event.event != "message" or data == b"[DONE]" or not _valid_utf8(data):
         return None
@@ -235,10 +236,10 @@ def _plain_piece(event: ServerSentEvent) -> tuple[str, bool] | None:
     only = chunk.choices[0] if len(chunk.choices) == 1 and chunk.usage is None and chunk.error is None else None
     body = only.delta if only is not None and only.index == 0 and only.finish_reason is None else None
     if body is None or body.tool_calls:
-        return None
+        return chunk
     thought = body.reasoning_content or body.reasoning
     if bool(body.content) == bool(thought):  # neither, or both: a delta of its own
-        return None
+        return chunk
     return (body.content, False) if body.content else (thought or "", True)
 
 
@@ -275,6 +276,11 @@ def _chunk_delta(data: bytes, errors: UpstreamErrors) -> Delta:
         chunk = _decode_chunk(data)
     except msgspec.DecodeError as exc:
         raise UpstreamError(f"the upstream sent a malformed chunk: {exc}") from None
+    return _delta_of(chunk, data, errors)
+
+
+def _delta_of(chunk: _Chunk, data: bytes, errors: UpstreamErrors) -> Delta:
+    """The delta of a decoded chunk of valid UTF-8 `data`."""
     if chunk.error is not None:
         raise errors.reported(data.decode("utf-8", errors="replace"))
     text = reasoning = ""
