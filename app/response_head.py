@@ -114,8 +114,9 @@ class FastHeadCycle(RequestResponseCycle):
         elif self._held is not None:
             held, head, keep_alive = self._held
             self._held = None
-            if head is not None and keep_alive == self.keep_alive and self._can_write_own_head():
-                # No flush: the body this send writes takes the head with it.
+            if head is not None and keep_alive == self.keep_alive and not self.disconnected:
+                # Started now, as the app was told: the head leaves with this body, or with the next one written
+                # if this send is cancelled while it waits for a paused transport. No flush needed.
                 self._start(held, head, flush=False)
             else:
                 return self._replay(held, message)

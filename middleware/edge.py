@@ -68,21 +68,26 @@ class _EdgeSend:
     status is kept for the access line. An object, not a closure over four cells: it lives as long as the
     stream (300 bytes less of each open one)."""
 
-    __slots__ = ("_own_id", "_security", "_send", "status")
+    __slots__ = ("_own_id", "_provisional", "_security", "_send", "status")
 
     def __init__(self, send: Send, security: SecurityHeaders, own_id: tuple[bytes, bytes]) -> None:
         self._send = send
         self._security = security
         self._own_id = own_id
         self.status = 0
+        self._provisional = 0  # a provisional start's status: the response's once a body follows it
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            if not message.get(PROVISIONAL):  # nothing is answered by it yet: it may still be replaced
-                self.status = message["status"]
+            if message.get(PROVISIONAL):  # nothing is answered by it yet: it may still be replaced
+                self._provisional = message["status"]
+            else:
+                self.status, self._provisional = message["status"], 0
             headers = self._security.added_to(message.get("headers", ()))
             headers.append(self._own_id)
             message["headers"] = headers
+        elif self._provisional and not self.status:
+            self.status = self._provisional  # the held start leaves with this body
         await self._send(message)
 
 

@@ -103,11 +103,14 @@ async def test_each_request_has_one_access_line_once_its_response_is_over_withou
                 params={"prompt": "my private prompt"},
                 headers={"X-Request-ID": "trace-access-1"},
             )
+            # A POST stream's start is held until its first token (a provisional start): logged with its status.
+            posted = await client.post(f"{base}/chat/stream", json={"prompt": "hi"})
             missing = await client.get(f"{base}/nowhere?token=abc", headers={"X-Request-ID": "trace-access-2"})
             # A decoded path could forge a second log line: the line keeps the path as it came.
             forged = await client.get(f"{base}/x%0A127.0.0.1%20-%20%22GET%20/admin%22%20200")
-        messages = await logs.wait_for(lambda seen: sum('HTTP/1.1" ' in m for m in seen) >= 3)
+        messages = await logs.wait_for(lambda seen: sum('HTTP/1.1" ' in m for m in seen) >= 4)
     assert streamed.status_code == 200
+    assert posted.status_code == 200
     assert missing.status_code == 404
     assert forged.status_code == 404
     assert any(
@@ -115,7 +118,8 @@ async def test_each_request_has_one_access_line_once_its_response_is_over_withou
     )
     assert not any("\n" in m for m in messages)
     access = [m for m in messages if 'HTTP/1.1" ' in m]
-    streamed_lines = [m for m in access if "/chat/stream" in m]
+    streamed_lines = [m for m in access if "GET /chat/stream" in m]
+    assert any(re.fullmatch(r'127\.0\.0\.1 - "POST /chat/stream HTTP/1\.1" 200 \d+\.\d ms', m) for m in access), access
     assert len(streamed_lines) == 1, access
     assert re.fullmatch(r'127\.0\.0\.1 - "GET /chat/stream HTTP/1\.1" 200 \d+\.\d ms', streamed_lines[0]), access
     stream_end = next(i for i, m in enumerate(messages) if m.startswith("stream end") and "trace-access-1" in m)
